@@ -1,0 +1,38 @@
+# Two commands for a newcomer: `make demo` (the main job) and `make test` (the tests).
+# Each sets up .venv first. torch is pinned so this machine's local CPU build is used
+# instead of a multi-GB CUDA download; on other machines pip fetches the usual wheel.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+OUT ?= outputs/vtfusion-synthshapes
+
+.PHONY: setup test lint format demo bench study
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/pytest -n 2 --dist loadfile -q
+
+demo: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m training.main_job --output_dir $(OUT)
+
+bench: setup
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.run
+
+study: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m training.fusion_study
