@@ -1,0 +1,153 @@
+"""VTFusion configuration: two pretrained-or-random encoders, an alignment space, a fusion module and a decoder."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+
+FUSION_TYPES = ("cross_attention", "co_attention", "concat", "weighted", "late")
+
+# Small towers so that `VTFusionConfig()` builds a model that trains on a laptop CPU (64px images, 8px patches).
+DEFAULT_VISION_CONFIG = {
+    "image_size": 64,
+    "patch_size": 8,
+    "hidden_size": 192,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 3,
+    "intermediate_size": 768,
+}
+DEFAULT_TEXT_CONFIG = {
+    "hidden_size": 192,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 3,
+    "intermediate_size": 768,
+    "max_position_embeddings": 128,
+}
+
+
+def encoder_hidden_size(config: PreTrainedConfig) -> int:
+    """Width of an encoder's output tokens: `hidden_size` for transformers, the last stage width for CNNs."""
+    if getattr(config, "hidden_sizes", None):  # ResNet, ConvNeXt, ...
+        return config.hidden_sizes[-1]
+    return config.hidden_size
+
+
+@strict
+class VTFusionConfig(PreTrainedConfig):
+    r"""
+    Configuration of a VTFusion model: a vision encoder and a text encoder (any `AutoModel` backbone), projections into
+    a shared space of size `projection_dim` with a learned temperature, a fusion module chosen by `fusion_type`, and a
+    causal text decoder used by the generation and pre-training heads.
+
+    Args:
+        vision_config / text_config (`dict` or `PreTrainedConfig`): encoder configs of any registered `model_type`
+            (ViT, DeiT, CLIP vision, ResNet, ConvNeXt / BERT, RoBERTa, MiniLM, ...). Default: small ViT and BERT.
+        projection_dim (`int`): size of the shared image-text embedding space.
+        logit_scale_init_value (`float`): initial value of the learned log-temperature (CLIP: log(1/0.07)).
+        fusion_type (`str`): one of `FUSION_TYPES`:
+            - `"cross_attention"`: text tokens self-attend then attend to image tokens (ALBEF / BLIP);
+            - `"co_attention"`: two streams, each attends to the other in every layer (ViLBERT / LXMERT);
+            - `"concat"`: one transformer over both token sequences with modality embeddings (ViLT / VisualBERT);
+            - `"weighted"`: no token interaction; input-dependent gates mix the pooled modalities (gated unit);
+            - `"late"`: no interaction; each modality predicts and predictions are mixed with learned weights.
+        num_fusion_layers, fusion_hidden_size, fusion_num_attention_heads, fusion_intermediate_size: size of the
+            fusion module; `None` sizes follow the text encoder (hidden size, heads) and 4x hidden for the MLP.
+        hidden_dropout_prob, attention_dropout: dropout in fusion and decoder layers.
+        modality_dropout (`float`): probability, during training, of dropping one whole modality of a pair from the
+            fusion input so the model learns to cope with a missing modality.
+        decoder_*: size of the causal text decoder; `None` sizes follow the fusion module.
+        max_decoder_position_embeddings (`int`): longest sequence the decoder generates.
+        itc_loss_weight, itm_loss_weight, lm_loss_weight: weights of the pre-training objectives.
+        label_smoothing (`float`): label smoothing of the contrastive (ITC) loss.
+        freeze_vision_encoder, freeze_text_encoder (`bool`): keep the encoder weights fixed during training.
+    """
+
+    model_type = "vtfusion"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(AutoConfig, model_type="vit", init_kwargs=DEFAULT_VISION_CONFIG),
+        "text_config": SubConfigSpec(AutoConfig, model_type="bert", init_kwargs=DEFAULT_TEXT_CONFIG),
+    }
+    # `generate()` sizes its cache from `num_hidden_layers`: here that is the decoder's depth.
+    attribute_map = {"num_hidden_layers": "decoder_num_hidden_layers"}
+
+    vision_config: PreTrainedConfig | dict | None = None
+    text_config: PreTrainedConfig | dict | None = None
+    projection_dim: int = 256
+    logit_scale_init_value: float = 2.6592
+    fusion_type: str = "cross_attention"
+    num_fusion_layers: int = 2
+    fusion_hidden_size: int | None = None
+    fusion_num_attention_heads: int | None = None
+    fusion_intermediate_size: int | None = None
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.0
+    attention_dropout: float = 0.0
+    modality_dropout: float = 0.0
+    layer_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+    decoder_hidden_size: int | None = None
+    decoder_num_hidden_layers: int = 2
+    decoder_num_attention_heads: int | None = None
+    decoder_intermediate_size: int | None = None
+    max_decoder_position_embeddings: int = 64
+    vocab_size: int | None = None
+    itc_loss_weight: float = 1.0
+    itm_loss_weight: float = 1.0
+    lm_loss_weight: float = 1.0
+    label_smoothing: float = 0.0
+    freeze_vision_encoder: bool = False
+    freeze_text_encoder: bool = False
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    decoder_start_token_id: int | None = None
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        text = self.text_config
+        self.fusion_hidden_size = self.fusion_hidden_size or text.hidden_size
+        self.fusion_num_attention_heads = self.fusion_num_attention_heads or text.num_attention_heads
+        self.fusion_intermediate_size = self.fusion_intermediate_size or 4 * self.fusion_hidden_size
+        self.decoder_hidden_size = self.decoder_hidden_size or self.fusion_hidden_size
+        self.decoder_num_attention_heads = self.decoder_num_attention_heads or self.fusion_num_attention_heads
+        self.decoder_intermediate_size = self.decoder_intermediate_size or 4 * self.decoder_hidden_size
+        self.vocab_size = self.vocab_size or text.vocab_size
+        # BERT-style vocabularies: [PAD]=0, [CLS] starts a sequence, [SEP] ends it. Tokenizer-specific ids are set by
+        # `VTFusionProcessor`-aware code (the training entry point) from the tokenizer itself.
+        if self.pad_token_id is None:
+            self.pad_token_id = text.pad_token_id if text.pad_token_id is not None else 0
+        self.bos_token_id = self.bos_token_id if self.bos_token_id is not None else 101
+        self.eos_token_id = self.eos_token_id if self.eos_token_id is not None else 102
+        if self.decoder_start_token_id is None:
+            self.decoder_start_token_id = self.bos_token_id
+        self._check_values()
+
+    def _check_values(self):
+        """Values that cannot build a model fail here with a `ValueError` that says why and what to change."""
+        if self.fusion_type not in FUSION_TYPES:
+            raise ValueError(f"Unknown fusion_type {self.fusion_type!r}; choose one of {', '.join(FUSION_TYPES)}.")
+        for prefix, width, heads in (
+            ("fusion", self.fusion_hidden_size, self.fusion_num_attention_heads),
+            ("decoder", self.decoder_hidden_size, self.decoder_num_attention_heads),
+        ):
+            if width is not None and heads is not None and width % heads != 0:
+                raise ValueError(
+                    f"{prefix}_hidden_size ({width}) must be divisible by {prefix}_num_attention_heads ({heads}) "
+                    f"so that every head gets {prefix}_hidden_size / heads dimensions; change one of the two."
+                )
+        for name in ("modality_dropout", "hidden_dropout_prob", "attention_dropout", "label_smoothing"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
+        if self.num_fusion_layers < 1 and self.fusion_type in ("cross_attention", "co_attention", "concat"):
+            raise ValueError(f"fusion_type={self.fusion_type!r} needs num_fusion_layers >= 1.")
+
+    def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:
+        # The text *output* side is vtfusion's own decoder, whose sizes live on this config (`num_hidden_layers`,
+        # `vocab_size`), not the text encoder's.
+        if decoder and not encoder:
+            return self
+        return super().get_text_config(decoder=decoder, encoder=encoder)
+
+
+__all__ = ["VTFusionConfig", "FUSION_TYPES", "encoder_hidden_size"]

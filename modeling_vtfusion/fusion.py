@@ -1,0 +1,386 @@
+"""The five fusion strategies behind one interface, and the attention blocks they (and the decoder) are built from.
+
+Every strategy takes image tokens [B, Ni, H] and text tokens [B, Nt, H] (already mapped to the fusion width H) with
+their key-padding masks, and returns a `FusionOutput`: fused tokens (what a decoder or a token-level head reads),
+their mask, one pooled vector per pair (what the ITM / classification heads read) and, on request, the
+text-to-image attention maps [B, heads, Nt, Ni] of every layer.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, EncoderDecoderCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, is_causal=False, **_):
+    """Reference attention that also returns the weights; used when attention maps are requested."""
+    attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    if is_causal:  # queries are the last q positions of the k keys
+        q_len, k_len = query.shape[2], key.shape[2]
+        visible = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
+        attn_weights = attn_weights.masked_fill(~visible, torch.finfo(attn_weights.dtype).min)
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+def additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """[B, Nk] 1/0 key mask -> [B, 1, 1, Nk] additive mask (0 or a large negative), broadcast over heads and queries.
+
+    A row whose keys are all masked attends uniformly instead of producing NaNs.
+    """
+    if mask is None or bool(mask.all()):
+        return None
+    return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the token axis of [B, N, H], counting only tokens whose mask is 1."""
+    if mask is None:
+        return tokens.mean(1)
+    weights = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class VTFusionAttention(nn.Module):
+    """Multi-head attention: self-attention, or cross-attention when `key_value_states` is given.
+
+    Goes through `ALL_ATTENTION_FUNCTIONS` (SDPA by default), and through the eager path when weights are requested.
+    With a cache, self-attention appends this step's keys/values, and cross-attention computes the keys/values of
+    the (fixed) memory once and reuses them at every later step.
+    """
+
+    def __init__(self, config, hidden_size, num_heads, kv_size=None, is_causal=False, layer_idx=None):
+        super().__init__()
+        self.config = config
+        self.head_dim = hidden_size // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = config.attention_dropout
+        self.is_causal = is_causal
+        self.layer_idx = layer_idx
+        kv_size = kv_size or hidden_size
+        self.q_proj = nn.Linear(hidden_size, hidden_size)
+        self.k_proj = nn.Linear(kv_size, hidden_size)
+        self.v_proj = nn.Linear(kv_size, hidden_size)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        is_cross = key_value_states is not None
+        input_shape = hidden_states.shape[:-1]
+        query = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
+
+        cache = past_key_values
+        if isinstance(cache, EncoderDecoderCache):
+            cache = cache.cross_attention_cache if is_cross else cache.self_attention_cache
+        if is_cross and cache is not None and past_key_values.is_updated.get(self.layer_idx):
+            key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
+        else:
+            source = key_value_states if is_cross else hidden_states
+            kv_shape = (*source.shape[:-1], -1, self.head_dim)
+            key = self.k_proj(source).view(kv_shape).transpose(1, 2)
+            value = self.v_proj(source).view(kv_shape).transpose(1, 2)
+            if cache is not None:
+                key, value = cache.update(key, value, self.layer_idx)
+                if is_cross:
+                    past_key_values.is_updated[self.layer_idx] = True
+
+        attention: Callable = eager_attention_forward
+        if not output_attentions:
+            attention = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+        output, weights = attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0,
+            is_causal=self.is_causal and attention_mask is None and query.shape[2] > 1,
+        )
+        output = self.out_proj(output.reshape(*input_shape, -1))
+        return output, weights
+
+
+class VTFusionMLP(nn.Module):
+    def __init__(self, config, hidden_size, intermediate_size):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(self.act(self.fc1(hidden_states))))
+
+
+class VTFusionLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer block: self-attention, optional cross-attention to a memory, MLP.
+
+    Used by the fusion module (bidirectional self-attention) and by the decoder (causal, cached).
+    """
+
+    def __init__(self, config, hidden_size, num_heads, intermediate_size, cross_size=None, is_causal=False, idx=None):
+        super().__init__()
+        eps = config.layer_norm_eps
+        self.self_attn_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.self_attn = VTFusionAttention(config, hidden_size, num_heads, is_causal=is_causal, layer_idx=idx)
+        self.cross_attn = None
+        if cross_size is not None:
+            self.cross_attn_norm = nn.LayerNorm(hidden_size, eps=eps)
+            self.cross_attn = VTFusionAttention(config, hidden_size, num_heads, kv_size=cross_size, layer_idx=idx)
+        self.mlp_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.mlp = VTFusionMLP(config, hidden_size, intermediate_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        attended, self_weights = self.self_attn(
+            self.self_attn_norm(hidden_states),
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            output_attentions=output_attentions,
+        )
+        hidden_states = hidden_states + self.dropout(attended)
+        cross_weights = None
+        if self.cross_attn is not None:
+            attended, cross_weights = self.cross_attn(
+                self.cross_attn_norm(hidden_states),
+                key_value_states=memory,
+                attention_mask=memory_mask,
+                past_key_values=past_key_values,
+                output_attentions=output_attentions,
+            )
+            hidden_states = hidden_states + self.dropout(attended)
+        hidden_states = hidden_states + self.mlp(self.mlp_norm(hidden_states))
+        return hidden_states, self_weights, cross_weights
+
+
+@dataclass
+class FusionOutput(ModelOutput):
+    """
+    last_hidden_state (`[B, N, H]`): fused tokens; text tokens first, then image tokens where both are kept.
+    attention_mask (`[B, N]`): 1 for real tokens of `last_hidden_state`.
+    pooler_output (`[B, H]`): one vector per image-text pair.
+    cross_attentions (tuple of `[B, heads, Nt, Ni]`): text-to-image attention of each layer, on request.
+    hidden_states (tuple of `[B, N, H]`): input and output of each layer, on request.
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+def concat_tokens(text_tokens, text_mask, image_tokens, image_mask):
+    """Text then image tokens along the sequence axis, with the matching mask."""
+    tokens = torch.cat([text_tokens, image_tokens], dim=1)
+    if image_mask is None:
+        image_mask = text_mask.new_ones(image_tokens.shape[:2])
+    return tokens, torch.cat([text_mask, image_mask], dim=1)
+
+
+class Pooler(nn.Module):
+    """tanh(Linear(x)) over a pooled vector, as BERT pools its [CLS] token."""
+
+    def __init__(self, in_size, hidden_size):
+        super().__init__()
+        self.dense = nn.Linear(in_size, hidden_size)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(pooled))
+
+
+class TransformerFusion(nn.Module):
+    """Shared stack of `VTFusionLayer`s with a final norm, a [CLS]-style pooler and hidden-state bookkeeping."""
+
+    def __init__(self, config, cross: bool, pool: bool = True):
+        super().__init__()
+        size, heads, inner = (
+            config.fusion_hidden_size,
+            config.fusion_num_attention_heads,
+            config.fusion_intermediate_size,
+        )
+        cross_size = size if cross else None
+        self.layers = nn.ModuleList(
+            [VTFusionLayer(config, size, heads, inner, cross_size=cross_size) for _ in range(config.num_fusion_layers)]
+        )
+        self.norm = nn.LayerNorm(size, eps=config.layer_norm_eps)
+        self.pooler = Pooler(size, size) if pool else None
+
+
+class CrossAttentionFusion(TransformerFusion):
+    """Text queries attend to themselves, then to the image tokens (ALBEF / BLIP). Fused tokens are text tokens."""
+
+    def __init__(self, config):
+        super().__init__(config, cross=True)
+
+    def forward(self, image_tokens, image_mask, text_tokens, text_mask, output_attentions=False, output_hidden=False):
+        self_mask, memory_mask = (
+            additive_mask(text_mask, text_tokens.dtype),
+            additive_mask(image_mask, text_tokens.dtype),
+        )
+        hidden, maps, states = text_tokens, (), (text_tokens,)
+        for layer in self.layers:
+            hidden, _, cross = layer(hidden, self_mask, image_tokens, memory_mask, output_attentions=output_attentions)
+            maps, states = maps + (cross,), states + (hidden,)
+        hidden = self.norm(hidden)
+        return FusionOutput(
+            last_hidden_state=hidden,
+            attention_mask=text_mask,
+            pooler_output=self.pooler(hidden[:, 0]),
+            cross_attentions=maps if output_attentions else None,
+            hidden_states=states if output_hidden else None,
+        )
+
+
+class CoAttentionFusion(nn.Module):
+    """Two streams (ViLBERT / LXMERT): in every layer text attends to image and image attends to text, in parallel."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.text_stream = TransformerFusion(config, cross=True, pool=False)
+        self.image_stream = TransformerFusion(config, cross=True, pool=False)
+        self.pooler = Pooler(2 * config.fusion_hidden_size, config.fusion_hidden_size)
+
+    def forward(self, image_tokens, image_mask, text_tokens, text_mask, output_attentions=False, output_hidden=False):
+        dtype = text_tokens.dtype
+        text_keys, image_keys = additive_mask(text_mask, dtype), additive_mask(image_mask, dtype)
+        text, image, maps, states = text_tokens, image_tokens, (), ()
+        for text_layer, image_layer in zip(self.text_stream.layers, self.image_stream.layers):
+            new_text, _, cross = text_layer(text, text_keys, image, image_keys, output_attentions=output_attentions)
+            image, _, _ = image_layer(image, image_keys, text, text_keys)
+            text = new_text
+            maps, states = maps + (cross,), states + (torch.cat([text, image], dim=1),)
+        text, image = self.text_stream.norm(text), self.image_stream.norm(image)
+        tokens, mask = concat_tokens(text, text_mask, image, image_mask)
+        pooled = self.pooler(torch.cat([text[:, 0], masked_mean(image, image_mask)], dim=-1))
+        return FusionOutput(
+            last_hidden_state=tokens,
+            attention_mask=mask,
+            pooler_output=pooled,
+            cross_attentions=maps if output_attentions else None,
+            hidden_states=(torch.cat([text_tokens, image_tokens], dim=1),) + states if output_hidden else None,
+        )
+
+
+class ConcatFusion(TransformerFusion):
+    """Early fusion (ViLT / VisualBERT): one self-attention stream over [text; image] with modality embeddings."""
+
+    def __init__(self, config):
+        super().__init__(config, cross=False)
+        self.modality_embeddings = nn.Embedding(2, config.fusion_hidden_size)
+
+    def forward(self, image_tokens, image_mask, text_tokens, text_mask, output_attentions=False, output_hidden=False):
+        num_text = text_tokens.shape[1]
+        text_tokens = text_tokens + self.modality_embeddings.weight[0]
+        image_tokens = image_tokens + self.modality_embeddings.weight[1]
+        hidden, mask = concat_tokens(text_tokens, text_mask, image_tokens, image_mask)
+        keys = additive_mask(mask, hidden.dtype)
+        maps, states = (), (hidden,)
+        for layer in self.layers:
+            hidden, weights, _ = layer(hidden, keys, output_attentions=output_attentions)
+            states = states + (hidden,)
+            if output_attentions:  # the text-to-image block of the joint attention
+                maps = maps + (weights[:, :, :num_text, num_text:],)
+        hidden = self.norm(hidden)
+        return FusionOutput(
+            last_hidden_state=hidden,
+            attention_mask=mask,
+            pooler_output=self.pooler(hidden[:, 0]),
+            cross_attentions=maps if output_attentions else None,
+            hidden_states=states if output_hidden else None,
+        )
+
+
+class WeightedFusion(nn.Module):
+    """Gated fusion of the pooled modalities (gated multimodal unit, Arevalo et al. 2017): no token interaction.
+
+    pooled = z * tanh(W_t t) + (1 - z) * tanh(W_i i), with an input-dependent gate z = sigmoid(W_z [t; i]) per
+    dimension, so the model learns per pair how much to trust each modality. The fused tokens are the two token
+    sequences side by side, untouched.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        size = config.fusion_hidden_size
+        self.text_transform = nn.Linear(size, size)
+        self.image_transform = nn.Linear(size, size)
+        self.gate = nn.Linear(2 * size, size)
+
+    def forward(self, image_tokens, image_mask, text_tokens, text_mask, output_attentions=False, output_hidden=False):
+        text, image = text_tokens[:, 0], masked_mean(image_tokens, image_mask)
+        gate = torch.sigmoid(self.gate(torch.cat([text, image], dim=-1)))
+        pooled = gate * torch.tanh(self.text_transform(text)) + (1 - gate) * torch.tanh(self.image_transform(image))
+        tokens, mask = concat_tokens(text_tokens, text_mask, image_tokens, image_mask)
+        return FusionOutput(
+            last_hidden_state=tokens,
+            attention_mask=mask,
+            pooler_output=pooled,
+            hidden_states=(tokens,) if output_hidden else None,
+        )
+
+
+class LateFusion(nn.Module):
+    """No interaction: each modality is summarised alone and the summaries are mixed with learned weights.
+
+    Every head on top is linear in `pooler_output`, so head(w_t * t + w_i * i) = w_t * head(t) + w_i * head(i) + b:
+    each modality predicts and the predictions are combined with the learned weights w = softmax(modality_logits).
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        size = config.fusion_hidden_size
+        self.text_summary = Pooler(size, size)
+        self.image_summary = Pooler(size, size)
+        self.modality_logits = nn.Parameter(torch.zeros(2))
+
+    def forward(self, image_tokens, image_mask, text_tokens, text_mask, output_attentions=False, output_hidden=False):
+        weights = self.modality_logits.softmax(-1)
+        text = self.text_summary(text_tokens[:, 0])
+        image = self.image_summary(masked_mean(image_tokens, image_mask))
+        tokens, mask = concat_tokens(text_tokens, text_mask, image_tokens, image_mask)
+        return FusionOutput(
+            last_hidden_state=tokens,
+            attention_mask=mask,
+            pooler_output=weights[0] * text + weights[1] * image,
+            hidden_states=(tokens,) if output_hidden else None,
+        )
+
+
+FUSION_CLASSES = {
+    "cross_attention": CrossAttentionFusion,
+    "co_attention": CoAttentionFusion,
+    "concat": ConcatFusion,
+    "weighted": WeightedFusion,
+    "late": LateFusion,
+}
+
+
+def build_fusion(config) -> nn.Module:
+    return FUSION_CLASSES[config.fusion_type](config)

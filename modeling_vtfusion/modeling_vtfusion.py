@@ -1,0 +1,843 @@
+"""VTFusion: two encoders aligned in a shared space, a configurable fusion module, and task heads on top.
+
+An image goes pixels -> vision encoder -> image tokens -> (projection -> image_embeds for ITC) and
+(image_to_fusion -> fusion width); a text goes the same way through the text encoder. `fuse` mixes the two token
+sequences with the strategy of `config.fusion_type` (see `fusion.py`). Heads read the pooled fused vector (ITM,
+classification) or decode text from the fused tokens (captioning, VQA).
+"""
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.loss.loss_utils import ForSequenceClassificationLoss
+from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
+from transformers.utils import ModelOutput
+
+from .configuration_vtfusion import VTFusionConfig, encoder_hidden_size
+from .fusion import FUSION_CLASSES, FusionOutput, LateFusion, VTFusionLayer, build_fusion
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VTFusionOutput(ModelOutput):
+    """
+    loss (`[]`): contrastive (ITC) loss, when `return_loss=True`.
+    logits_per_image (`[num_images, num_texts]`) / logits_per_text (`[num_texts, num_images]`): scaled cosine
+        similarities.
+    text_embeds (`[num_texts, projection_dim]`) / image_embeds (`[num_images, projection_dim]`): L2-normalised
+        embeddings in the shared space.
+    fused_last_hidden_state (`[B, N, fusion_hidden_size]`), fused_attention_mask (`[B, N]`), fused_pooler_output
+        (`[B, fusion_hidden_size]`): the fusion module's output, for paired inputs.
+    cross_attentions (tuple of `[B, heads, num_text_tokens, num_image_tokens]`): text-to-image attention per fusion
+        layer, with `output_attentions=True` (attention fusion types only).
+    fusion_hidden_states (tuple of `[B, N, fusion_hidden_size]`): with `output_hidden_states=True`.
+    text_model_output / vision_model_output: the encoders' own outputs.
+    """
+
+    loss: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    fused_pooler_output: torch.Tensor | None = None
+    fused_last_hidden_state: torch.Tensor | None = None
+    fused_attention_mask: torch.Tensor | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    fusion_hidden_states: tuple[torch.Tensor, ...] | None = None
+    text_model_output: ModelOutput | None = None
+    vision_model_output: ModelOutput | None = None
+
+    def to_tuple(self):
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+
+@dataclass
+class VTFusionRetrievalOutput(ModelOutput):
+    """
+    loss (`[]`): `itc_loss + itm_loss` (weighted by the config), for paired inputs.
+    itm_logits (`[B, 2]`): match / no-match logits of the given pairs (index 1 = match).
+    Other fields as in `VTFusionOutput`.
+    """
+
+    loss: torch.Tensor | None = None
+    itc_loss: torch.Tensor | None = None
+    itm_loss: torch.Tensor | None = None
+    itm_logits: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class VTFusionGenerationOutput(ModelOutput):
+    """
+    loss (`[]`): next-token cross-entropy over `labels` (positions set to -100 are ignored).
+    logits (`[B, T, vocab_size]`): decoder logits.
+    past_key_values (`EncoderDecoderCache`): decoder self-attention and memory cross-attention keys/values.
+    encoder_last_hidden_state (`[B, N, fusion_hidden_size]`): the memory the decoder attends to.
+    cross_attentions (tuple of `[B, heads, T, N]`): decoder-to-memory attention, on request.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: Cache | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class VTFusionEncoderOutput(ModelOutput):
+    """What the decoder reads: memory tokens [B, N, H] and their mask [B, N] (image tokens, or fused image-text)."""
+
+    last_hidden_state: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class VTFusionPreTrainingOutput(ModelOutput):
+    """loss = itc_loss_weight * itc_loss + itm_loss_weight * itm_loss + lm_loss_weight * lm_loss; each reported."""
+
+    loss: torch.Tensor | None = None
+    itc_loss: torch.Tensor | None = None
+    itm_loss: torch.Tensor | None = None
+    lm_loss: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    itm_logits: torch.Tensor | None = None
+    lm_logits: torch.Tensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Losses and distributed helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def contrastive_loss(logits_per_text: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Symmetric InfoNCE over a [N, N] similarity matrix whose diagonal holds the positive pairs."""
+    targets = torch.arange(logits_per_text.shape[0], device=logits_per_text.device)
+    text_loss = F.cross_entropy(logits_per_text, targets, label_smoothing=label_smoothing)
+    image_loss = F.cross_entropy(logits_per_text.t(), targets, label_smoothing=label_smoothing)
+    return (text_loss + image_loss) / 2
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate `tensor` from every process along dim 0, keeping gradients (identity on one process)."""
+    if world_size() == 1:
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+
+
+def pad_to_global_length(tokens: torch.Tensor, mask: torch.Tensor, ids: torch.Tensor):
+    """Right-pad text tokens [B, T, H], mask and ids [B, T] to the longest T over all processes, so they gather."""
+    if world_size() == 1:
+        return tokens, mask, ids
+    length = torch.tensor([tokens.shape[1]], device=tokens.device)
+    dist.all_reduce(length, op=dist.ReduceOp.MAX)
+    extra = int(length) - tokens.shape[1]
+    return F.pad(tokens, (0, 0, 0, extra)), F.pad(mask, (0, extra)), F.pad(ids, (0, extra))
+
+
+def sample_hard_negatives(similarity: torch.Tensor, forbidden: torch.Tensor) -> torch.Tensor:
+    """For each row, draw one column with probability softmax(similarity) over the allowed columns (ALBEF / BLIP).
+
+    `forbidden` marks the positives (and duplicates of them), which are never drawn. Gumbel-max sampling over the
+    global similarity matrix: every process draws the same noise, so a run on N processes samples exactly what one
+    process with the global batch samples.
+    """
+    scores = similarity.float().masked_fill(forbidden, float("-inf"))
+    gumbel = -torch.log(-torch.log(torch.rand_like(scores).clamp(1e-9, 1 - 1e-9)))
+    return (scores + gumbel).argmax(dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Base classes
+# ----------------------------------------------------------------------------------------------------------------
+
+
+# Written into every checkpoint's config, whichever head saved it, so any vtfusion checkpoint loads in every Auto
+# class and pipeline (the base model loads out of a head's weights through `base_model_prefix`).
+AUTO_MAP = {
+    "AutoConfig": "configuration_vtfusion.VTFusionConfig",
+    "AutoProcessor": "processing_vtfusion.VTFusionProcessor",
+    "AutoModel": "modeling_vtfusion.VTFusionModel",
+    "AutoModelForZeroShotImageClassification": "modeling_vtfusion.VTFusionModel",
+    "AutoModelForImageTextToText": "modeling_vtfusion.VTFusionForConditionalGeneration",
+    "AutoModelForPreTraining": "modeling_vtfusion.VTFusionForPreTraining",
+    "AutoModelForSequenceClassification": "modeling_vtfusion.VTFusionForSequenceClassification",
+    # transformers has no retrieval Auto class; image-text matching is next-sentence prediction's image-text twin.
+    "AutoModelForNextSentencePrediction": "modeling_vtfusion.VTFusionForImageTextRetrieval",
+}
+
+
+class VTFusionPreTrainedModel(PreTrainedModel):
+    config: VTFusionConfig
+    config_class = VTFusionConfig
+    base_model_prefix = "vtfusion"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    _no_split_modules = ["VTFusionLayer"]
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+    def __init__(self, config, *args, **kwargs):
+        # Not `isinstance`: under trust_remote_code the config module can be imported twice under two names.
+        if getattr(config, "model_type", None) != VTFusionConfig.model_type:
+            raise ValueError(f"{type(self).__name__} needs a VTFusionConfig, got {type(config).__name__}.")
+        super().__init__(config, *args, **kwargs)
+        self.config.auto_map = dict(AUTO_MAP)
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """Initialise vtfusion's own layers; encoder weights are left to the encoders (and untouched if loaded)."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, VTFusionModel):
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+        elif isinstance(module, LateFusion):
+            init.zeros_(module.modality_logits)
+
+    @classmethod
+    def from_vision_text_pretrained(cls, vision_model_name_or_path: str, text_model_name_or_path: str, **kwargs):
+        """Build any vtfusion head from two pretrained encoders (local folders or Hub ids); only new parts are random.
+
+        `vision_*` / `text_*` keyword arguments go to the encoders' `from_pretrained` (e.g. `text_revision`); the
+        rest configure vtfusion (`fusion_type="co_attention"`, `projection_dim=256`, ...).
+        """
+        vision_kwargs = {k[len("vision_") :]: kwargs.pop(k) for k in list(kwargs) if k.startswith("vision_")}
+        text_kwargs = {k[len("text_") :]: kwargs.pop(k) for k in list(kwargs) if k.startswith("text_")}
+        vision_kwargs.setdefault("use_safetensors", True)
+        text_kwargs.setdefault("use_safetensors", True)
+        vision_config = AutoConfig.from_pretrained(vision_model_name_or_path)
+        if hasattr(vision_config, "vision_config"):  # a CLIP / SigLIP checkpoint: keep its vision tower
+            vision_config = vision_config.vision_config
+        vision_model = AutoModel.from_pretrained(vision_model_name_or_path, config=vision_config, **vision_kwargs)
+        text_model = AutoModel.from_pretrained(text_model_name_or_path, **text_kwargs)
+        config = VTFusionConfig(vision_config=vision_model.config, text_config=text_model.config, **kwargs)
+        model = cls(config)
+        base = model if isinstance(model, VTFusionModel) else model.vtfusion
+        base.vision_model.load_state_dict(vision_model.state_dict())
+        base.text_model.load_state_dict(text_model.state_dict())
+        return model
+
+
+class VTFusionModel(VTFusionPreTrainedModel):
+    """Encoders, alignment projections with a learned temperature, and the fusion module."""
+
+    def __init__(self, config: VTFusionConfig):
+        super().__init__(config)
+        self.vision_model = AutoModel.from_config(config.vision_config)
+        self.text_model = AutoModel.from_config(config.text_config)
+        vision_width, text_width = encoder_hidden_size(config.vision_config), encoder_hidden_size(config.text_config)
+        self.visual_projection = nn.Linear(vision_width, config.projection_dim, bias=False)
+        self.text_projection = nn.Linear(text_width, config.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.image_to_fusion = nn.Linear(vision_width, config.fusion_hidden_size)
+        self.text_to_fusion = nn.Linear(text_width, config.fusion_hidden_size)
+        self.fusion = build_fusion(config)
+        # DistilBERT-like encoders take no token_type_ids (transformers #18480): pass only what `forward` accepts.
+        self._text_forward_args = set(inspect.signature(self.text_model.forward).parameters)
+        self.post_init()
+        self.vision_model.requires_grad_(not config.freeze_vision_encoder)
+        self.text_model.requires_grad_(not config.freeze_text_encoder)
+
+    # -- towers --------------------------------------------------------------------------------------------------
+
+    def encode_image(self, pixel_values: torch.Tensor, output_hidden_states: bool = False):
+        """pixels [B, 3, H, W] -> (tokens [B, Ni, vision_width], pooled [B, vision_width], encoder outputs)."""
+        if pixel_values.ndim != 4:
+            raise ValueError(
+                f"pixel_values must have shape [batch, channels, height, width], got {tuple(pixel_values.shape)}; "
+                "prepare images with VTFusionProcessor(images=...)."
+            )
+        outputs = self.vision_model(pixel_values=pixel_values, output_hidden_states=output_hidden_states)
+        tokens = outputs.last_hidden_state
+        if tokens.ndim == 4:  # CNN feature map [B, C, h, w] -> [B, h*w, C]
+            tokens = tokens.flatten(2).transpose(1, 2)
+        pooled = outputs.pooler_output.flatten(1) if outputs.pooler_output is not None else tokens.mean(1)
+        return tokens, pooled, outputs
+
+    def encode_text(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, **kwargs):
+        """ids [B, T] -> (tokens [B, T, text_width], pooled [B, text_width], encoder outputs)."""
+        extra = {"token_type_ids": token_type_ids, "position_ids": position_ids, **kwargs}
+        extra = {k: v for k, v in extra.items() if v is not None and k in self._text_forward_args}
+        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        tokens = outputs.last_hidden_state
+        pooled = getattr(outputs, "pooler_output", None)
+        return tokens, (tokens[:, 0] if pooled is None else pooled), outputs
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """As CLIP in transformers 5: `pooler_output` holds the projected (unnormalised) image features."""
+        tokens, pooled, _ = self.encode_image(pixel_values)
+        return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=self.visual_projection(pooled))
+
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None, **kwargs):
+        """As CLIP in transformers 5: `pooler_output` holds the projected (unnormalised) text features."""
+        tokens, pooled, _ = self.encode_text(input_ids, attention_mask, token_type_ids)
+        return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=self.text_projection(pooled))
+
+    def similarity(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """Scaled cosine similarity [num_texts, num_images] of normalised embeddings."""
+        return self.logit_scale.exp().clamp(max=100) * text_embeds @ image_embeds.t()
+
+    # -- fusion --------------------------------------------------------------------------------------------------
+
+    def fuse(
+        self,
+        image_tokens: torch.Tensor,
+        text_tokens: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> FusionOutput:
+        """Encoder tokens of B pairs -> fused output. Takes encoder widths; maps both to the fusion width first."""
+        image = self.image_to_fusion(image_tokens)
+        text = self.text_to_fusion(text_tokens)
+        if text_mask is None:
+            text_mask = text.new_ones(text.shape[:2], dtype=torch.long)
+        image_mask = None
+        if self.training and self.config.modality_dropout > 0:
+            image, image_mask, text, text_mask = self._drop_modality(image, text, text_mask)
+        return self.fusion(image, image_mask, text, text_mask, output_attentions, output_hidden_states)
+
+    def _drop_modality(self, image, text, text_mask):
+        """With probability `modality_dropout` per pair, blank the image or the text (all but its first token)."""
+        batch = image.shape[0]
+        dropped = torch.rand(batch, device=image.device) < self.config.modality_dropout
+        drop_image = dropped & (torch.rand(batch, device=image.device) < 0.5)
+        drop_text = dropped & ~drop_image
+        image = image * (~drop_image).to(image.dtype)[:, None, None]
+        image_mask = (~drop_image).long()[:, None].expand(image.shape[:2]).clone()
+        image_mask[:, 0] = 1  # keep one (blank) key so attention stays defined
+        keep_text = torch.ones_like(text_mask)
+        keep_text[drop_text, 1:] = 0
+        return image, image_mask, text * keep_text[..., None].to(text.dtype), text_mask * keep_text
+
+    # -- forward -------------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        return_loss: bool | None = None,
+        skip_fusion: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VTFusionOutput:
+        r"""
+        Image-only or text-only calls return that modality's embeddings. With both, the ITC logits are computed for
+        every image against every text; the fusion module runs on paired inputs (as many images as texts) unless
+        `skip_fusion=True`, or `return_loss=True` without `skip_fusion=False` (contrastive training pays nothing for
+        fusion). Different numbers of images and texts (zero-shot classification: 1 image, N labels) skip fusion.
+        """
+        if input_ids is None and pixel_values is None:
+            raise ValueError("VTFusionModel needs pixel_values, input_ids or both; got neither.")
+        output_hidden_states = bool(output_hidden_states)
+        out = VTFusionOutput()
+        if pixel_values is not None:
+            image_tokens, image_pooled, out.vision_model_output = self.encode_image(pixel_values, output_hidden_states)
+            out.image_embeds = F.normalize(self.visual_projection(image_pooled), dim=-1)
+        if input_ids is not None:
+            text_tokens, text_pooled, out.text_model_output = self.encode_text(
+                input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=output_hidden_states
+            )
+            out.text_embeds = F.normalize(self.text_projection(text_pooled), dim=-1)
+        if pixel_values is None or input_ids is None:
+            return out
+
+        out.logits_per_text = self.similarity(out.image_embeds, out.text_embeds)
+        out.logits_per_image = out.logits_per_text.t()
+        if return_loss:
+            if pixel_values.shape[0] != input_ids.shape[0]:
+                raise ValueError(
+                    f"return_loss=True needs paired inputs, got {pixel_values.shape[0]} images and "
+                    f"{input_ids.shape[0]} texts."
+                )
+            out.loss = contrastive_loss(out.logits_per_text, self.config.label_smoothing)
+        if skip_fusion is None:
+            skip_fusion = bool(return_loss)
+        if not skip_fusion and pixel_values.shape[0] == input_ids.shape[0]:
+            fused = self.fuse(image_tokens, text_tokens, attention_mask, bool(output_attentions), output_hidden_states)
+            out.fused_last_hidden_state = fused.last_hidden_state
+            out.fused_attention_mask = fused.attention_mask
+            out.fused_pooler_output = fused.pooler_output
+            out.cross_attentions = fused.cross_attentions
+            out.fusion_hidden_states = fused.hidden_states
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Image-text matching (shared by retrieval and pre-training)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class ImageTextMatchingMixin:
+    """ITC + ITM with hard negatives, for heads that hold `self.vtfusion` and `self.itm_head`."""
+
+    def _itc_and_itm(self, image_tokens, image_pooled, text_tokens, text_pooled, input_ids, attention_mask):
+        """Losses for B paired inputs; under several processes, over the global batch gathered with gradients.
+
+        Returns (itc_loss, itm_loss, logits_per_text [B, B_global], itm_logits of the B positive pairs [B, 2]).
+        """
+        model = self.vtfusion
+        image_embeds = F.normalize(model.visual_projection(image_pooled), dim=-1)
+        text_embeds = F.normalize(model.text_projection(text_pooled), dim=-1)
+        all_image_embeds, all_text_embeds = gather_with_grad(image_embeds), gather_with_grad(text_embeds)
+        all_logits_per_text = model.similarity(all_image_embeds, all_text_embeds)  # [B_global, B_global]
+        itc_loss = contrastive_loss(all_logits_per_text, self.config.label_smoothing)
+
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        text_tokens, attention_mask, input_ids = pad_to_global_length(text_tokens, attention_mask, input_ids)
+        all_image_tokens, all_text_tokens = gather_with_grad(image_tokens), gather_with_grad(text_tokens)
+        all_text_mask, all_ids = gather_with_grad(attention_mask), gather_with_grad(input_ids)
+
+        with torch.no_grad():  # never draw the positive, nor a text identical to it, as a negative
+            same_text = ((all_ids[:, None, :] == all_ids[None, :, :]) | (all_text_mask[None, :, :] == 0)).all(-1)
+            same_text |= torch.eye(len(all_ids), dtype=torch.bool, device=same_text.device)
+            negative_text_of_image = sample_hard_negatives(all_logits_per_text.t(), same_text)
+            negative_image_of_text = sample_hard_negatives(all_logits_per_text, same_text)
+        batch, start = image_tokens.shape[0], dist.get_rank() * image_tokens.shape[0] if world_size() > 1 else 0
+        rows = torch.arange(start, start + batch, device=image_tokens.device)
+        neg_texts, neg_images = negative_text_of_image[rows], negative_image_of_text[rows]
+
+        # one fusion call over [positives; image + negative text; negative image + text]
+        pair_images = torch.cat([image_tokens, image_tokens, all_image_tokens[neg_images]])
+        pair_texts = torch.cat([text_tokens, all_text_tokens[neg_texts], text_tokens])
+        pair_masks = torch.cat([attention_mask, all_text_mask[neg_texts], attention_mask])
+        itm_logits = self.itm_head(model.fuse(pair_images, pair_texts, pair_masks).pooler_output)
+        itm_labels = torch.cat([itm_logits.new_ones(batch), itm_logits.new_zeros(2 * batch)]).long()
+        itm_loss = F.cross_entropy(gather_with_grad(itm_logits), gather_with_grad(itm_labels))
+        return itc_loss, itm_loss, all_logits_per_text[rows], itm_logits[:batch]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Heads
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class VTFusionForImageTextRetrieval(ImageTextMatchingMixin, VTFusionPreTrainedModel):
+    """ITC (symmetric InfoNCE, learned temperature) + ITM on the fused pair with hard negatives; two-stage `rank`."""
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: VTFusionConfig):
+        super().__init__(config)
+        self.vtfusion = VTFusionModel(config)
+        self.itm_head = nn.Linear(config.fusion_hidden_size, 2)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.FloatTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        return_loss: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VTFusionRetrievalOutput:
+        r"""
+        B paired images and texts. With `return_loss` (default: on), returns ITC + ITM losses, with one hard negative
+        text per image and one hard negative image per text drawn from the ITC similarities. `itm_logits` score the
+        given pairs.
+        """
+        check_paired(pixel_values, input_ids)
+        model = self.vtfusion
+        image_tokens, image_pooled, _ = model.encode_image(pixel_values)
+        text_tokens, text_pooled, _ = model.encode_text(input_ids, attention_mask, token_type_ids)
+        if return_loss is not False:
+            itc_loss, itm_loss, logits_per_text, itm_logits = self._itc_and_itm(
+                image_tokens, image_pooled, text_tokens, text_pooled, input_ids, attention_mask
+            )
+            loss = self.config.itc_loss_weight * itc_loss + self.config.itm_loss_weight * itm_loss
+            return VTFusionRetrievalOutput(
+                loss=loss,
+                itc_loss=itc_loss,
+                itm_loss=itm_loss,
+                itm_logits=itm_logits,
+                logits_per_text=logits_per_text,
+                logits_per_image=logits_per_text.t(),
+            )
+        image_embeds = F.normalize(model.visual_projection(image_pooled), dim=-1)
+        text_embeds = F.normalize(model.text_projection(text_pooled), dim=-1)
+        logits_per_text = model.similarity(image_embeds, text_embeds)
+        fused = model.fuse(image_tokens, text_tokens, attention_mask, output_attentions=bool(output_attentions))
+        return VTFusionRetrievalOutput(
+            itm_logits=self.itm_head(fused.pooler_output),
+            logits_per_text=logits_per_text,
+            logits_per_image=logits_per_text.t(),
+            image_embeds=image_embeds,
+            text_embeds=text_embeds,
+            cross_attentions=fused.cross_attentions,
+        )
+
+
+class VTFusionForSequenceClassification(VTFusionPreTrainedModel):
+    """Image + text -> label(s) from the fused pooled vector; `problem_type` behaves as in transformers' text heads."""
+
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: VTFusionConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.vtfusion = VTFusionModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.fusion_hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.FloatTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput:
+        r"""
+        labels (`[B]` int for single-label, `[B, num_labels]` float for multi-label or regression): as in
+        `BertForSequenceClassification`.
+        """
+        check_paired(pixel_values, input_ids)
+        model = self.vtfusion
+        image_tokens, _, _ = model.encode_image(pixel_values)
+        text_tokens, _, _ = model.encode_text(input_ids, attention_mask, token_type_ids)
+        fused = model.fuse(
+            image_tokens, text_tokens, attention_mask, bool(output_attentions), bool(output_hidden_states)
+        )
+        logits = self.classifier(self.dropout(fused.pooler_output))
+        loss = ForSequenceClassificationLoss(labels, logits, self.config) if labels is not None else None
+        return SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=fused.hidden_states, attentions=fused.cross_attentions
+        )
+
+
+class VTFusionTextDecoder(nn.Module):
+    """Causal text decoder whose every layer cross-attends to a memory (image tokens or fused image-text tokens)."""
+
+    def __init__(self, config: VTFusionConfig):
+        super().__init__()
+        size = config.decoder_hidden_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, size, padding_idx=config.pad_token_id)
+        self.embed_positions = nn.Embedding(config.max_decoder_position_embeddings, size)
+        self.layers = nn.ModuleList(
+            [
+                VTFusionLayer(
+                    config,
+                    size,
+                    config.decoder_num_attention_heads,
+                    config.decoder_intermediate_size,
+                    cross_size=config.fusion_hidden_size,
+                    is_causal=True,
+                    idx=i,
+                )
+                for i in range(config.decoder_num_hidden_layers)
+            ]
+        )
+        self.norm = nn.LayerNorm(size, eps=config.layer_norm_eps)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """ids [B, T] (the tokens after the cached ones) -> hidden states [B, T, H] and memory attention maps."""
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        length = past + input_ids.shape[1]
+        if length > self.embed_positions.num_embeddings:
+            raise ValueError(
+                f"The decoder sequence has {length} tokens but max_decoder_position_embeddings is "
+                f"{self.embed_positions.num_embeddings}; shorten the labels or lower max_new_tokens."
+            )
+        positions = torch.arange(past, length, device=input_ids.device)
+        hidden = self.embed_tokens(input_ids) + self.embed_positions(positions)
+        self_mask = causal_padding_mask(attention_mask, input_ids.shape[1], hidden.dtype)
+        memory_keys = None if memory_mask is None or bool(memory_mask.all()) else memory_mask
+        if memory_keys is not None:
+            memory_keys = (1.0 - memory_keys[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        maps = ()
+        for layer in self.layers:
+            hidden, _, cross = layer(hidden, self_mask, memory, memory_keys, past_key_values, output_attentions)
+            maps += (cross,)
+        return self.norm(hidden), maps
+
+
+def causal_padding_mask(attention_mask: torch.Tensor | None, query_length: int, dtype) -> torch.Tensor | None:
+    """None (pure causal, handled by the attention kernel) unless some decoder keys are padding: then an explicit
+    [B, 1, q, k] additive mask that is causal and hides the padded keys."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    key_length = attention_mask.shape[1]
+    visible = torch.ones(query_length, key_length, dtype=torch.bool, device=attention_mask.device)
+    visible = visible.tril(key_length - query_length)[None, None] & attention_mask[:, None, None, :].bool()
+    return (~visible).to(dtype) * torch.finfo(dtype).min
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Decoder inputs from labels: start token, then labels[:-1]; ignored (-100) positions become padding."""
+    shifted = labels.new_full(labels.shape, pad_token_id)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin):
+    """Captioning and VQA: a causal decoder over the image tokens (no text) or the fused image-question tokens.
+
+    `input_ids` is the text fused with the image (a question); the answer or caption is the decoder's sequence
+    (`labels` / `decoder_input_ids`). `generate()` encodes the image (and question) once per call; the memory's
+    cross-attention keys/values are computed at the first step and then read from the `EncoderDecoderCache`.
+    """
+
+    @torch.no_grad()
+    def generate(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, **kwargs):
+        """`GenerationMixin.generate` (greedy, beam search, sampling, ...) with the memory encoded once up front.
+
+        `input_ids` is the question fused with the image, never a decoder prefix; pass `decoder_input_ids` for that.
+        """
+        if kwargs.get("encoder_outputs") is None:
+            kwargs["encoder_outputs"] = self.encode(pixel_values, input_ids, attention_mask, token_type_ids)
+        return super().generate(**kwargs)
+
+    _tied_weights_keys = {"lm_head.weight": "text_decoder.embed_tokens.weight"}
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: VTFusionConfig):
+        config.is_encoder_decoder = True  # the image (+ question) side is encoded once per `generate()` call
+        super().__init__(config)
+        self.vtfusion = VTFusionModel(config)
+        self.text_decoder = VTFusionTextDecoder(config)
+        self.lm_head = nn.Linear(config.decoder_hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.text_decoder.embed_tokens
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def encode(self, pixel_values, input_ids=None, attention_mask=None, token_type_ids=None) -> VTFusionEncoderOutput:
+        """Decoder memory: image tokens for captioning, fused image-question tokens when `input_ids` is given."""
+        if pixel_values is None:
+            raise ValueError("VTFusionForConditionalGeneration needs pixel_values (the image to describe).")
+        model = self.vtfusion
+        image_tokens, _, _ = model.encode_image(pixel_values)
+        if input_ids is None:
+            return VTFusionEncoderOutput(last_hidden_state=model.image_to_fusion(image_tokens))
+        check_paired(pixel_values, input_ids)
+        text_tokens, _, _ = model.encode_text(input_ids, attention_mask, token_type_ids)
+        fused = model.fuse(image_tokens, text_tokens, attention_mask)
+        return VTFusionEncoderOutput(last_hidden_state=fused.last_hidden_state, attention_mask=fused.attention_mask)
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        encoder_outputs: VTFusionEncoderOutput | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VTFusionGenerationOutput:
+        r"""
+        labels (`[B, T]`): target tokens ending with `eos_token_id`, -100 where ignored; the decoder reads them
+        shifted right behind `decoder_start_token_id`.
+        """
+        if encoder_outputs is None:
+            encoder_outputs = self.encode(pixel_values, input_ids, attention_mask, token_type_ids)
+        if decoder_input_ids is None:
+            if labels is None:
+                raise ValueError("Pass labels (training) or decoder_input_ids; to produce text, call generate().")
+            decoder_input_ids = shift_tokens_right(
+                labels, self.config.pad_token_id, self.config.decoder_start_token_id
+            )
+        if use_cache and past_key_values is None:
+            past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        hidden, cross_maps = self.text_decoder(
+            decoder_input_ids,
+            encoder_outputs.last_hidden_state,
+            encoder_outputs.attention_mask,
+            decoder_attention_mask,
+            past_key_values if use_cache else None,
+            bool(output_attentions),
+        )
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        return VTFusionGenerationOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=past_key_values if use_cache else None,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            cross_attentions=cross_maps if output_attentions else None,
+        )
+
+    def prepare_inputs_for_generation(
+        self,
+        decoder_input_ids,
+        past_key_values=None,
+        encoder_outputs=None,
+        decoder_attention_mask=None,
+        use_cache=None,
+        pixel_values=None,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        **kwargs,
+    ):
+        """Only the tokens the cache has not seen go to the decoder; the memory comes from `encoder_outputs`."""
+        if past_key_values is not None:
+            decoder_input_ids = decoder_input_ids[:, past_key_values.get_seq_length() :]
+        return {
+            "decoder_input_ids": decoder_input_ids,
+            "decoder_attention_mask": decoder_attention_mask,
+            "encoder_outputs": encoder_outputs,
+            "past_key_values": past_key_values,
+            "use_cache": use_cache,
+            "pixel_values": pixel_values if encoder_outputs is None else None,
+            "input_ids": input_ids if encoder_outputs is None else None,
+            "attention_mask": attention_mask if encoder_outputs is None else None,
+            "token_type_ids": token_type_ids if encoder_outputs is None else None,
+            "output_attentions": kwargs.get("output_attentions"),
+        }
+
+
+class VTFusionForPreTraining(ImageTextMatchingMixin, VTFusionPreTrainedModel):
+    """ITC + ITM (hard negatives) + captioning LM in one forward; the image is encoded once and reused by all three."""
+
+    _tied_weights_keys = {"lm_head.weight": "text_decoder.embed_tokens.weight"}
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: VTFusionConfig):
+        super().__init__(config)
+        self.vtfusion = VTFusionModel(config)
+        self.itm_head = nn.Linear(config.fusion_hidden_size, 2)
+        self.text_decoder = VTFusionTextDecoder(config)
+        self.lm_head = nn.Linear(config.decoder_hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.text_decoder.embed_tokens
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.FloatTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VTFusionPreTrainingOutput:
+        r"""
+        B paired images and captions. labels (`[B, T]`, optional): LM targets for the caption decoder; by default
+        the caption itself (`input_ids` without its first [CLS] token, padding ignored).
+        """
+        check_paired(pixel_values, input_ids)
+        model = self.vtfusion
+        image_tokens, image_pooled, _ = model.encode_image(pixel_values)
+        text_tokens, text_pooled, _ = model.encode_text(input_ids, attention_mask, token_type_ids)
+        itc_loss, itm_loss, logits_per_text, itm_logits = self._itc_and_itm(
+            image_tokens, image_pooled, text_tokens, text_pooled, input_ids, attention_mask
+        )
+        if labels is None:
+            labels = caption_labels(input_ids, attention_mask)
+        decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+        hidden, _ = self.text_decoder(decoder_input_ids, model.image_to_fusion(image_tokens))
+        lm_logits = self.lm_head(hidden)
+        lm_loss = F.cross_entropy(lm_logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        config = self.config
+        loss = config.itc_loss_weight * itc_loss + config.itm_loss_weight * itm_loss + config.lm_loss_weight * lm_loss
+        return VTFusionPreTrainingOutput(
+            loss=loss,
+            itc_loss=itc_loss,
+            itm_loss=itm_loss,
+            lm_loss=lm_loss,
+            logits_per_text=logits_per_text,
+            logits_per_image=logits_per_text.t(),
+            itm_logits=itm_logits,
+            lm_logits=lm_logits,
+        )
+
+
+def caption_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """LM targets from tokenised captions "[CLS] w1 .. wn [SEP] [PAD]..": "w1 .. wn [SEP]", padding set to -100."""
+    labels = input_ids[:, 1:].clone()
+    if attention_mask is not None:
+        labels = labels.masked_fill(attention_mask[:, 1:] == 0, -100)
+    return labels
+
+
+def check_paired(pixel_values: torch.Tensor | None, input_ids: torch.Tensor | None) -> None:
+    if pixel_values is None or input_ids is None:
+        raise ValueError("This head scores image-text pairs: pass both pixel_values and input_ids.")
+    if pixel_values.shape[0] != input_ids.shape[0]:
+        raise ValueError(
+            f"Got {pixel_values.shape[0]} images and {input_ids.shape[0]} texts; this head needs one text per image. "
+            "To compare every image with every text, use VTFusionModel (logits_per_image)."
+        )
+
+
+__all__ = [
+    "FUSION_CLASSES",
+    "VTFusionPreTrainedModel",
+    "VTFusionModel",
+    "VTFusionForImageTextRetrieval",
+    "VTFusionForSequenceClassification",
+    "VTFusionForConditionalGeneration",
+    "VTFusionForPreTraining",
+    "contrastive_loss",
+]
