@@ -31,7 +31,7 @@ Returns:
 Examples:
     >>> metric = load_metric("cider")
     >>> metric.compute(predictions=["a red circle", "a blue square"], references=[["a red circle"], ["a blue square"]])
-    {'cider': 3.333...}
+    {'cider': 7.5...}
 """
 
 MAX_ORDER = 4
