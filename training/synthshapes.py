@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -329,7 +330,8 @@ def write_imagefolder(
     """Writes `out_dir/{split}/*.png` and `out_dir/{split}/metadata.jsonl` once; reuses a matching folder.
 
     A folder written before with other arguments is regenerated; a non-empty folder that SynthShapes did not write
-    is left alone (ValueError).
+    is left alone (ValueError). Safe to call from several processes at once: each writes a private folder and the
+    first to finish renames it into place (still, let the main process go first, e.g. `main_process_first()`).
     """
     out_dir = Path(out_dir)
     info = {"name": "synthshapes", "version": FORMAT_VERSION, "seed": seed, "num_scenes": num_scenes}
@@ -342,12 +344,12 @@ def write_imagefolder(
     elif out_dir.exists() and any(out_dir.iterdir()):
         raise ValueError(f"{out_dir} is not empty and holds no {INFO_FILE}; pick another `out_dir`")
 
-    tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.", dir=out_dir.parent))  # unique: processes may race
     sizes = list(info["splits"].values())
     for split, size in zip(SPLITS, sizes):
         if size:
-            (tmp_dir / split).mkdir(parents=True)
+            (tmp_dir / split).mkdir()
     job = partial(write_chunk, tmp_dir, seed=seed, sizes=sizes, digits=max(5, len(str(num_scenes - 1))))
     chunks = [range(start, min(start + 1000, num_scenes)) for start in range(0, num_scenes, 1000)]
     num_workers = min(num_workers or os.cpu_count() or 1, len(chunks))
@@ -361,9 +363,12 @@ def write_imagefolder(
         if lines:
             (tmp_dir / split / "metadata.jsonl").write_text("".join(lines))
     (tmp_dir / INFO_FILE).write_text(json.dumps(info, indent=2))
-    if out_dir.exists():
-        out_dir.rmdir()
-    tmp_dir.rename(out_dir)
+    try:
+        if out_dir.exists():
+            out_dir.rmdir()
+        tmp_dir.rename(out_dir)
+    except OSError:  # another process wrote the same folder first
+        shutil.rmtree(tmp_dir)
     return out_dir
 
 
