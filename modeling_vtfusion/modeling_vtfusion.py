@@ -21,7 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceCl
 from transformers.utils import ModelOutput
 
 from .configuration_vtfusion import VTFusionConfig, encoder_hidden_size
-from .fusion import FUSION_CLASSES, FusionOutput, LateFusion, VTFusionLayer, build_fusion
+from .fusion import FUSION_CLASSES, FusionOutput, LateFusion, VTFusionLayer, build_fusion, masked_mean
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -132,6 +132,16 @@ def contrastive_loss(logits_per_text: torch.Tensor, label_smoothing: float = 0.0
     text_loss = F.cross_entropy(logits_per_text, targets, label_smoothing=label_smoothing)
     image_loss = F.cross_entropy(logits_per_text.t(), targets, label_smoothing=label_smoothing)
     return (text_loss + image_loss) / 2
+
+
+def drop_tanh_pooler(encoder: PreTrainedModel) -> PreTrainedModel:
+    """Remove a BERT / ViT-style learned tanh pooler: trained for next-sentence prediction, it saturates and stalls
+    contrastive learning. vtfusion pools [CLS] (images) and the token mean (texts) instead. Parameter-free or
+    normalising poolers (CNN global pooling, CLIP's post-layernorm) are kept and used as their encoder defines them.
+    """
+    if isinstance(getattr(encoder, "pooler", None), nn.Module) and any(True for _ in encoder.pooler.parameters()):
+        encoder.pooler = None
+    return encoder
 
 
 def world_size() -> int:
@@ -245,8 +255,10 @@ class VTFusionPreTrainedModel(PreTrainedModel):
         config = VTFusionConfig(vision_config=vision_model.config, text_config=text_model.config, **kwargs)
         model = cls(config)
         base = model if isinstance(model, VTFusionModel) else model.vtfusion
-        base.vision_model.load_state_dict(vision_model.state_dict())
-        base.text_model.load_state_dict(text_model.state_dict())
+        for target, source in ((base.vision_model, vision_model), (base.text_model, text_model)):
+            missing, _ = target.load_state_dict(source.state_dict(), strict=False)  # a dropped pooler is unexpected
+            if missing:
+                raise ValueError(f"The pretrained {type(source).__name__} lacks weights vtfusion needs: {missing}")
         return model
 
 
@@ -255,8 +267,8 @@ class VTFusionModel(VTFusionPreTrainedModel):
 
     def __init__(self, config: VTFusionConfig):
         super().__init__(config)
-        self.vision_model = AutoModel.from_config(config.vision_config)
-        self.text_model = AutoModel.from_config(config.text_config)
+        self.vision_model = drop_tanh_pooler(AutoModel.from_config(config.vision_config))
+        self.text_model = drop_tanh_pooler(AutoModel.from_config(config.text_config))
         vision_width, text_width = encoder_hidden_size(config.vision_config), encoder_hidden_size(config.text_config)
         self.visual_projection = nn.Linear(vision_width, config.projection_dim, bias=False)
         self.text_projection = nn.Linear(text_width, config.projection_dim, bias=False)
@@ -283,17 +295,20 @@ class VTFusionModel(VTFusionPreTrainedModel):
         tokens = outputs.last_hidden_state
         if tokens.ndim == 4:  # CNN feature map [B, C, h, w] -> [B, h*w, C]
             tokens = tokens.flatten(2).transpose(1, 2)
-        pooled = outputs.pooler_output.flatten(1) if outputs.pooler_output is not None else tokens.mean(1)
+        pooled = getattr(outputs, "pooler_output", None)
+        pooled = tokens[:, 0] if pooled is None else pooled.flatten(1)  # [CLS] of ViT-like encoders
         return tokens, pooled, outputs
 
     def encode_text(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, **kwargs):
-        """ids [B, T] -> (tokens [B, T, text_width], pooled [B, text_width], encoder outputs)."""
+        """ids [B, T] -> (tokens [B, T, text_width], mean of the real tokens [B, text_width], encoder outputs).
+
+        Mean pooling, as sentence-transformers pool MiniLM: it works for any text encoder, pretrained or not.
+        """
         extra = {"token_type_ids": token_type_ids, "position_ids": position_ids, **kwargs}
         extra = {k: v for k, v in extra.items() if v is not None and k in self._text_forward_args}
         outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **extra)
         tokens = outputs.last_hidden_state
-        pooled = getattr(outputs, "pooler_output", None)
-        return tokens, (tokens[:, 0] if pooled is None else pooled), outputs
+        return tokens, masked_mean(tokens, attention_mask), outputs
 
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         """As CLIP in transformers 5: `pooler_output` holds the projected (unnormalised) image features."""
