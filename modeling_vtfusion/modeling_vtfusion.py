@@ -482,13 +482,14 @@ class VTFusionForImageTextRetrieval(ImageTextMatchingMixin, VTFusionPreTrainedMo
         pixel_values: torch.FloatTensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
-        return_loss: bool | None = None,
+        return_loss: bool = True,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> VTFusionRetrievalOutput:
         r"""
-        B paired images and texts. With `return_loss` (default: on), returns ITC + ITM losses, with one hard negative
+        B paired images and texts. With `return_loss` (default: on, so `Trainer` evaluates the loss without labels),
+        returns ITC + ITM losses, with one hard negative
         text per image and one hard negative image per text drawn from the ITC similarities. `itm_logits` score the
         given pairs.
         """
@@ -496,7 +497,7 @@ class VTFusionForImageTextRetrieval(ImageTextMatchingMixin, VTFusionPreTrainedMo
         model = self.vtfusion
         image_tokens, image_pooled, _ = model.encode_image(pixel_values)
         text_tokens, text_pooled, _ = model.encode_text(input_ids, attention_mask, token_type_ids)
-        if return_loss is not False:
+        if return_loss:
             itc_loss, itm_loss, logits_per_text, itm_logits = self._itc_and_itm(
                 image_tokens, image_pooled, text_tokens, text_pooled, input_ids, attention_mask
             )
@@ -794,12 +795,14 @@ class VTFusionForPreTraining(ImageTextMatchingMixin, VTFusionPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
+        return_loss: bool = True,
         return_dict: bool | None = None,
         **kwargs,
     ) -> VTFusionPreTrainingOutput:
         r"""
         B paired images and captions. labels (`[B, T]`, optional): LM targets for the caption decoder; by default
-        the caption itself (`input_ids` without its first [CLS] token, padding ignored).
+        the caption itself (`input_ids` without its first [CLS] token, padding ignored). The losses are always
+        computed; `return_loss=True` is declared so that `Trainer` evaluates them without a label column.
         """
         check_paired(pixel_values, input_ids)
         model = self.vtfusion
