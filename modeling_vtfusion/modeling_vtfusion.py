@@ -392,7 +392,7 @@ class VTFusionModel(VTFusionPreTrainedModel):
             )
             out.text_embeds = F.normalize(self.text_projection(text_pooled), dim=-1)
         if pixel_values is None or input_ids is None:
-            return out
+            return in_field_order(out)
 
         out.logits_per_text = self.similarity(out.image_embeds, out.text_embeds)
         out.logits_per_image = out.logits_per_text.t()
@@ -412,7 +412,7 @@ class VTFusionModel(VTFusionPreTrainedModel):
             out.fused_pooler_output = fused.pooler_output
             out.cross_attentions = fused.cross_attentions
             out.fusion_hidden_states = fused.hidden_states
-        return out
+        return in_field_order(out)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -829,6 +829,12 @@ class VTFusionForPreTraining(ImageTextMatchingMixin, VTFusionPreTrainedModel):
             itm_logits=itm_logits,
             lm_logits=lm_logits,
         )
+
+
+def in_field_order(output: ModelOutput) -> ModelOutput:
+    """The same output with its keys in declaration order, whatever order they were set in: `output[0]` and
+    `to_tuple()` then follow the dataclass (e.g. `image_embeds` first for an image-only call, as pipelines read it)."""
+    return type(output)(**output)
 
 
 def caption_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
