@@ -676,17 +676,34 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
         return self.lm_head
 
     def encode(self, pixel_values, input_ids=None, attention_mask=None, token_type_ids=None) -> VTFusionEncoderOutput:
-        """Decoder memory: image tokens for captioning, fused image-question tokens when `input_ids` is given."""
+        """Decoder memory: image tokens for captioning, fused image-question tokens for VQA.
+
+        A row without a question (no `input_ids`, or an empty text, which tokenises to special tokens only: what the
+        image-text-to-text pipeline sends to caption) is captioned; a batch may mix captioning and questions.
+        """
         if pixel_values is None:
             raise ValueError("VTFusionForConditionalGeneration needs pixel_values (the image to describe).")
         model = self.vtfusion
         image_tokens, _, _ = model.encode_image(pixel_values)
-        if input_ids is None:
-            return VTFusionEncoderOutput(last_hidden_state=model.image_to_fusion(image_tokens))
+        image_memory = model.image_to_fusion(image_tokens)  # [B, Ni, H]
+        asks = None if input_ids is None else has_words(input_ids, attention_mask, self.config)  # [B]
+        if asks is None or not asks.any():
+            return VTFusionEncoderOutput(last_hidden_state=image_memory)
         check_paired(pixel_values, input_ids)
         text_tokens, _, _ = model.encode_text(input_ids, attention_mask, token_type_ids)
         fused = model.fuse(image_tokens, text_tokens, attention_mask)
-        return VTFusionEncoderOutput(last_hidden_state=fused.last_hidden_state, attention_mask=fused.attention_mask)
+        if asks.all():
+            return VTFusionEncoderOutput(
+                last_hidden_state=fused.last_hidden_state, attention_mask=fused.attention_mask
+            )
+        # Mixed batch: each row reads only its own kind of memory; the other part is masked out. Masked keys weigh
+        # exactly zero and memory attention has no positions, so every row decodes as it would alone.
+        image_mask = (~asks)[:, None].expand(image_memory.shape[:2]).long()
+        fused_mask = fused.attention_mask * asks[:, None].long()
+        return VTFusionEncoderOutput(
+            last_hidden_state=torch.cat([image_memory, fused.last_hidden_state], dim=1),
+            attention_mask=torch.cat([image_mask, fused_mask], dim=1),
+        )
 
     def forward(
         self,
@@ -835,6 +852,15 @@ def in_field_order(output: ModelOutput) -> ModelOutput:
     """The same output with its keys in declaration order, whatever order they were set in: `output[0]` and
     `to_tuple()` then follow the dataclass (e.g. `image_embeds` first for an image-only call, as pipelines read it)."""
     return type(output)(**output)
+
+
+def has_words(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, config) -> torch.Tensor:
+    """[B] bool: whether each text holds a real token besides padding, bos ([CLS]) and eos ([SEP])."""
+    special_ids = [i for i in (config.pad_token_id, config.bos_token_id, config.eos_token_id) if i is not None]
+    words = ~torch.isin(input_ids, torch.tensor(special_ids, device=input_ids.device))
+    if attention_mask is not None:
+        words &= attention_mask.bool()
+    return words.any(dim=-1)
 
 
 def caption_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
