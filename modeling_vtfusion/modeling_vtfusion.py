@@ -22,6 +22,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_vtfusion import VTFusionConfig, encoder_hidden_size
 from .fusion import FUSION_CLASSES, FusionOutput, LateFusion, VTFusionLayer, build_fusion, masked_mean
+from .pipelines import CUSTOM_PIPELINES
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -217,6 +218,30 @@ class VTFusionPreTrainedModel(PreTrainedModel):
             raise ValueError(f"{type(self).__name__} needs a VTFusionConfig, got {type(config).__name__}.")
         super().__init__(config, *args, **kwargs)
         self.config.auto_map = dict(AUTO_MAP)
+        # Every checkpoint also names the custom pipelines (pipelines.py) that `pipeline(task, ...)` looks up.
+        self.config.custom_pipelines = {task: dict(entry) for task, entry in CUSTOM_PIPELINES.items()}
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, *model_args, use_safetensors: bool | None = True, **kwargs
+    ):
+        """`PreTrainedModel.from_pretrained`, from safetensors only: unpickling a downloaded `.bin` can run code."""
+        if use_safetensors is False:
+            raise ValueError(
+                "vtfusion loads weights from safetensors only (use_safetensors=False was passed): unpickling a "
+                "downloaded .bin/.pt file can run arbitrary code. Convert trusted weights once with save_pretrained."
+            )
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, use_safetensors=True, **kwargs)
+        except OSError as error:
+            if "safetensors" not in str(error):
+                raise
+            raise ValueError(
+                f"{pretrained_model_name_or_path} has no safetensors weights (model.safetensors). vtfusion refuses "
+                "pickled weights (pytorch_model.bin, *.pt) because unpickling can run arbitrary code. If you trust "
+                "the files, load them once with plain torch in a sandbox and call save_pretrained to write "
+                "safetensors."
+            ) from error
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -286,11 +311,7 @@ class VTFusionModel(VTFusionPreTrainedModel):
 
     def encode_image(self, pixel_values: torch.Tensor, output_hidden_states: bool = False):
         """pixels [B, 3, H, W] -> (tokens [B, Ni, vision_width], pooled [B, vision_width], encoder outputs)."""
-        if pixel_values.ndim != 4:
-            raise ValueError(
-                f"pixel_values must have shape [batch, channels, height, width], got {tuple(pixel_values.shape)}; "
-                "prepare images with VTFusionProcessor(images=...)."
-            )
+        check_pixel_values(pixel_values)
         outputs = self.vision_model(pixel_values=pixel_values, output_hidden_states=output_hidden_states)
         tokens = outputs.last_hidden_state
         if tokens.ndim == 4:  # CNN feature map [B, C, h, w] -> [B, h*w, C]
@@ -304,6 +325,7 @@ class VTFusionModel(VTFusionPreTrainedModel):
 
         Mean pooling, as sentence-transformers pool MiniLM: it works for any text encoder, pretrained or not.
         """
+        check_input_ids(input_ids, attention_mask, self.config.text_config)
         extra = {"token_type_ids": token_type_ids, "position_ids": position_ids, **kwargs}
         extra = {k: v for k, v in extra.items() if v is not None and k in self._text_forward_args}
         outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **extra)
@@ -869,6 +891,37 @@ def caption_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor | None)
     if attention_mask is not None:
         labels = labels.masked_fill(attention_mask[:, 1:] == 0, -100)
     return labels
+
+
+def check_pixel_values(pixel_values: torch.Tensor) -> None:
+    if pixel_values.ndim != 4 or pixel_values.shape[0] == 0:
+        raise ValueError(
+            f"pixel_values must be a non-empty batch [batch, channels, height, width], got shape "
+            f"{tuple(pixel_values.shape)}; prepare images with VTFusionProcessor(images=...)."
+        )
+    if not pixel_values.is_floating_point():
+        raise ValueError(f"pixel_values must be floating point, got {pixel_values.dtype}; use VTFusionProcessor.")
+
+
+def check_input_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, text_config) -> None:
+    """Token ids the text encoder can embed; errors here instead of an index error deep inside torch."""
+    if input_ids.ndim != 2 or input_ids.shape[0] == 0:
+        raise ValueError(f"input_ids must be a non-empty batch [batch, length], got shape {tuple(input_ids.shape)}.")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}."
+        )
+    max_length = getattr(text_config, "max_position_embeddings", None)
+    if max_length is not None and input_ids.shape[1] > max_length:
+        raise ValueError(
+            f"Texts of {input_ids.shape[1]} tokens exceed the text encoder's {max_length} positions; truncate them "
+            "(VTFusionProcessor truncates to the tokenizer's model_max_length by default)."
+        )
+    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= text_config.vocab_size):
+        raise ValueError(
+            f"Token ids must lie in [0, {text_config.vocab_size}) (the text encoder's vocabulary), got "
+            f"[{int(input_ids.min())}, {int(input_ids.max())}]: the tokenizer does not match this model."
+        )
 
 
 def check_paired(pixel_values: torch.Tensor | None, input_ids: torch.Tensor | None) -> None:
