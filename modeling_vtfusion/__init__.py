@@ -24,6 +24,7 @@ from .modeling_vtfusion import (
     VTFusionModel,
     VTFusionPreTrainedModel,
 )
+from .pipelines import ImageTextClassificationPipeline, ImageTextRetrievalPipeline, register_pipelines
 from .processing_vtfusion import VTFusionProcessor
 
 
@@ -44,9 +45,12 @@ VTFusionForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 VTFusionForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 # transformers has no retrieval Auto class; image-text matching is next-sentence prediction's image-text twin.
 VTFusionForImageTextRetrieval.register_for_auto_class("AutoModelForNextSentencePrediction")
+register_pipelines()  # image-text-classification and image-text-retrieval
 
 __all__ = [
     "FUSION_TYPES",
+    "ImageTextClassificationPipeline",
+    "ImageTextRetrievalPipeline",
     "VTFusionConfig",
     "VTFusionForConditionalGeneration",
     "VTFusionForImageTextRetrieval",
