@@ -23,7 +23,6 @@ from transformers.utils import ModelOutput
 from .configuration_vtfusion import VTFusionConfig, encoder_hidden_size
 from .fusion import FUSION_CLASSES, FusionOutput, LateFusion, VTFusionLayer, build_fusion, masked_mean
 from .pipelines import CUSTOM_PIPELINES
-from .pipelines import CUSTOM_PIPELINES
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -219,8 +218,6 @@ class VTFusionPreTrainedModel(PreTrainedModel):
             raise ValueError(f"{type(self).__name__} needs a VTFusionConfig, got {type(config).__name__}.")
         super().__init__(config, *args, **kwargs)
         self.config.auto_map = dict(AUTO_MAP)
-        # Every checkpoint also names the custom pipelines (pipelines.py) that `pipeline(task, ...)` looks up.
-        self.config.custom_pipelines = {task: dict(entry) for task, entry in CUSTOM_PIPELINES.items()}
         # Every checkpoint also names the custom pipelines (pipelines.py) that `pipeline(task, ...)` looks up.
         self.config.custom_pipelines = {task: dict(entry) for task, entry in CUSTOM_PIPELINES.items()}
 
