@@ -690,6 +690,8 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
         self.text_decoder = VTFusionTextDecoder(config)
         self.lm_head = nn.Linear(config.decoder_hidden_size, config.vocab_size, bias=False)
         self.post_init()
+        # Generate up to the decoder's position limit by default; pipelines then add no longer default of their own.
+        self.generation_config.max_length = config.max_decoder_position_embeddings
 
     def get_input_embeddings(self):
         return self.text_decoder.embed_tokens
