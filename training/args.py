@@ -1,0 +1,121 @@
+"""Command-line arguments of the training entry point: what to build (`ModelArguments`), what to read (`DataArguments`)
+and how to evaluate (`EvaluationArguments`); `transformers.TrainingArguments` covers the rest (batch size, steps,
+checkpoints, logging, `push_to_hub`, ...)."""
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+TASKS = ("pretrain", "retrieval", "classification", "captioning", "vqa", "multitask")
+
+# The column a task reads its text from when `--text_column` is not given (SynthShapes names).
+DEFAULT_TEXT_COLUMNS = {
+    "pretrain": "caption",
+    "retrieval": "caption",
+    "classification": "statement",
+    "captioning": "caption",
+    "vqa": "questions",
+    "multitask": "caption",
+}
+
+
+def default_synthshapes_dir(num_scenes: int, seed: int) -> str:
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return str(cache / "vtfusion" / f"synthshapes-{num_scenes}-seed{seed}")
+
+
+@dataclass
+class ModelArguments:
+    task: str = field(metadata={"help": f"What to train: one of {', '.join(TASKS)}."})
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A vtfusion checkpoint (folder or Hub id) to continue from, e.g. a pretrain run."},
+    )
+    vision_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A pretrained vision encoder (with --text_model_name_or_path)."}
+    )
+    text_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A pretrained text encoder (with --vision_model_name_or_path)."}
+    )
+    fusion_type: str | None = field(
+        default=None,
+        metadata={"help": "cross_attention (default from scratch), co_attention, concat, weighted or late."},
+    )
+    # Size of a model trained from scratch (no --model_name_or_path, no pretrained encoders).
+    image_size: int = field(default=64, metadata={"help": "Image side in pixels (from scratch)."})
+    patch_size: int = field(default=8, metadata={"help": "ViT patch side in pixels (from scratch)."})
+    hidden_size: int = field(default=192, metadata={"help": "Width of both encoders (from scratch)."})
+    num_hidden_layers: int = field(default=4, metadata={"help": "Depth of each encoder (from scratch)."})
+    num_attention_heads: int = field(default=3, metadata={"help": "Attention heads of each encoder (from scratch)."})
+    num_fusion_layers: int = field(default=2, metadata={"help": "Depth of the fusion module."})
+    decoder_num_hidden_layers: int = field(default=2, metadata={"help": "Depth of the text decoder."})
+    projection_dim: int = field(default=128, metadata={"help": "Size of the shared image-text embedding space."})
+    tokenizer_vocab_size: int = field(
+        default=1000, metadata={"help": "Largest WordPiece vocabulary trained on the training texts (from scratch)."}
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "VTFusionConfig fields to set, e.g. 'hidden_dropout_prob=0.1,itm_loss_weight=0.5'."},
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A Hub data set name or a local folder (imagefolder, ...); default: SynthShapes."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The data set's configuration name."})
+    synthshapes_dir: str | None = field(
+        default=None, metadata={"help": "Where SynthShapes is generated once (default: a folder under ~/.cache)."}
+    )
+    synthshapes_num_scenes: int = field(default=20_000, metadata={"help": "SynthShapes size (all splits)."})
+    synthshapes_seed: int = field(default=0, metadata={"help": "SynthShapes seed."})
+    image_column: str = field(default="image", metadata={"help": "Column of the images."})
+    text_column: str | None = field(
+        default=None,
+        metadata={"help": "Column of the texts (caption, statement or question; a list column gives several)."},
+    )
+    label_column: str = field(default="label", metadata={"help": "Column of the class labels (classification)."})
+    answer_column: str = field(default="answers", metadata={"help": "Column of the answers (vqa)."})
+    references_column: str = field(
+        default="captions", metadata={"help": "Column of the reference captions (captioning evaluation)."}
+    )
+    canonical_column: str | None = field(
+        default="canonical",
+        metadata={"help": "Retrieval: a hit also counts when this column matches (skipped when absent)."},
+    )
+    subset_column: str | None = field(
+        default="relational",
+        metadata={"help": "Classification: also report accuracy where this boolean column is true (if present)."},
+    )
+    question_type_column: str | None = field(
+        default="question_types", metadata={"help": "VQA: report accuracy per question type (if present)."}
+    )
+    statement_column: str = field(default="statement", metadata={"help": "Multitask: entailment statements."})
+    question_column: str = field(default="questions", metadata={"help": "Multitask: VQA questions."})
+    max_questions_per_image: int = field(
+        default=2, metadata={"help": "Multitask: question/answer pairs trained per image and step."}
+    )
+    class_names: list[str] | None = field(
+        default=None, metadata={"help": "Class names (classification); default: the label feature's, or 0..N-1."}
+    )
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_split: str = field(default="validation", metadata={"help": "Split for the evaluation loss (--do_eval)."})
+    test_split: str = field(default="test", metadata={"help": "Split for the task metrics (--do_predict)."})
+    streaming: bool = field(default=False, metadata={"help": "Stream the data set (needs --max_steps)."})
+    shuffle_buffer_size: int = field(default=10_000, metadata={"help": "Shuffle buffer when streaming."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training split."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation split."})
+    max_length: int = field(default=64, metadata={"help": "Longest text in tokens (longer ones are truncated)."})
+    max_target_length: int = field(default=48, metadata={"help": "Longest generation target in tokens."})
+
+
+@dataclass
+class EvaluationArguments:
+    max_test_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many test rows."})
+    retrieval_gallery_size: int = field(default=1000, metadata={"help": "Images in the retrieval gallery."})
+    generation_max_new_tokens: int = field(default=48, metadata={"help": "Longest generated caption or answer."})
+    generation_num_beams: int = field(default=1, metadata={"help": "Beam search width of generation."})
+    test_batch_size: int = field(default=256, metadata={"help": "Batch size of the test-split evaluation."})

@@ -1,0 +1,306 @@
+"""Data for every task: loading (SynthShapes, a Hub name or a local folder, streamed or not), column checks, the
+from-scratch tokenizer, on-the-fly preprocessing per task (`with_transform`) and the padding collator.
+
+A preprocessed example holds `pixel_values` ([3, H, W]) and unpadded token lists; the collator pads each list
+(`*input_ids` with the tokenizer's pad id, `*attention_mask` with 0, `*labels` with -100) and stacks the batch.
+Generation targets are the tokenised text without its first [CLS] token ("w1 .. wn [SEP]"): the decoder reads
+them shifted right behind `decoder_start_token_id`.
+"""
+
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, IterableDataset, IterableDatasetDict, load_dataset
+
+from training.args import DEFAULT_TEXT_COLUMNS, DataArguments, default_synthshapes_dir
+from training.synthshapes import INFO_FILE, load_synthshapes, write_imagefolder
+
+
+AnyDataset = Dataset | IterableDataset
+
+# Columns each task reads, as (argument name, DataArguments attribute); optional ones are skipped when absent.
+TASK_COLUMNS = {
+    "pretrain": ("image_column", "text_column"),
+    "retrieval": ("image_column", "text_column"),
+    "classification": ("image_column", "text_column", "label_column"),
+    "captioning": ("image_column", "text_column"),
+    "vqa": ("image_column", "text_column", "answer_column"),
+    "multitask": (
+        "image_column",
+        "text_column",
+        "question_column",
+        "answer_column",
+        "statement_column",
+        "label_column",
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_raw_datasets(data_args: DataArguments, main_process_first) -> DatasetDict | IterableDatasetDict:
+    """SynthShapes (generated once into a cache folder) by default, else `load_dataset(--dataset_name)`.
+
+    `main_process_first` is `TrainingArguments.main_process_first`: the main process generates, the others reuse.
+    """
+    if data_args.dataset_name is None:
+        folder = data_args.synthshapes_dir or default_synthshapes_dir(
+            data_args.synthshapes_num_scenes, data_args.synthshapes_seed
+        )
+        with main_process_first(desc="generating SynthShapes"):
+            write_imagefolder(folder, data_args.synthshapes_num_scenes, data_args.synthshapes_seed)
+        return load_synthshapes(folder, streaming=data_args.streaming)
+    if (Path(data_args.dataset_name) / INFO_FILE).exists():  # a SynthShapes folder: skip the loader's file globbing
+        return load_synthshapes(data_args.dataset_name, streaming=data_args.streaming)
+    with main_process_first(desc="loading the data set"):
+        return load_dataset(data_args.dataset_name, data_args.dataset_config_name, streaming=data_args.streaming)
+
+
+def resolve_text_column(task: str, data_args: DataArguments) -> None:
+    if data_args.text_column is None:
+        data_args.text_column = DEFAULT_TEXT_COLUMNS[task]
+
+
+def get_split(datasets: DatasetDict | IterableDatasetDict, split: str) -> AnyDataset:
+    if split not in datasets:
+        raise ValueError(f"The data set has no split {split!r}; its splits are: {', '.join(datasets)}.")
+    return datasets[split]
+
+
+def column_names(dataset: AnyDataset) -> list[str]:
+    """The columns of a data set; a stream of unknown features is peeked at."""
+    if dataset.column_names is not None:
+        return list(dataset.column_names)
+    return list(next(iter(dataset)))
+
+
+def check_columns(dataset: AnyDataset, task: str, data_args: DataArguments) -> None:
+    """Fail early, naming the flag and listing the columns that exist, when a configured column is missing."""
+    existing = column_names(dataset)
+    for argument in TASK_COLUMNS[task]:
+        column = getattr(data_args, argument)
+        if column not in existing:
+            raise ValueError(
+                f"--{argument} {column!r} is not a column of the data set. Its columns are: {', '.join(existing)}. "
+                f"Pass --{argument} with one of them."
+            )
+
+
+def optional_column(dataset: AnyDataset, column: str | None) -> str | None:
+    """`column` if the data set has it, else None (optional metric breakdowns)."""
+    return column if column and column in column_names(dataset) else None
+
+
+def limit(dataset: AnyDataset, max_samples: int | None) -> AnyDataset:
+    if max_samples is None:
+        return dataset
+    if isinstance(dataset, IterableDataset):
+        return dataset.take(max_samples)
+    return dataset.select(range(min(max_samples, len(dataset))))
+
+
+def iterate_rows(dataset: AnyDataset, columns: list[str], max_rows: int | None = None) -> Iterator[dict]:
+    """Rows with only `columns` (images are not decoded unless asked for)."""
+    dataset = dataset.select_columns(columns)
+    return islice(iter(dataset), max_rows)
+
+
+def class_names(dataset: AnyDataset, data_args: DataArguments) -> list[str]:
+    """--class_names, else the names of a `ClassLabel` feature, else "0" .. str(max label)."""
+    if data_args.class_names:
+        return list(data_args.class_names)
+    feature = (dataset.features or {}).get(data_args.label_column)
+    if isinstance(feature, ClassLabel):
+        return list(feature.names)
+    if isinstance(dataset, IterableDataset):
+        raise ValueError("Pass --class_names when streaming a data set whose labels are not a ClassLabel feature.")
+    return [str(i) for i in range(max(dataset[data_args.label_column]) + 1)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokenizer corpus
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def corpus_columns(task: str, dataset: AnyDataset, data_args: DataArguments) -> list[str]:
+    """Every text column a task reads or generates, plus SynthShapes' paraphrases when present."""
+    names = [data_args.text_column]
+    if task in ("vqa", "multitask"):
+        names += [data_args.question_column, data_args.answer_column]
+    if task == "multitask":
+        names += [data_args.statement_column]
+    if task in ("pretrain", "captioning", "multitask"):
+        names += [data_args.references_column]
+    existing = column_names(dataset)
+    return list(dict.fromkeys(name for name in names if name in existing))
+
+
+def corpus_texts(dataset: AnyDataset, columns: list[str], max_rows: int | None = 50_000) -> Iterator[str]:
+    """Every string of `columns` (list columns flattened) over the first `max_rows` rows."""
+    for row in iterate_rows(dataset, columns, max_rows):
+        for column in columns:
+            value = row[column]
+            yield from [value] if isinstance(value, str) else value
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Preprocessing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def encode_images(processor, images: list) -> list[np.ndarray]:
+    return list(processor(images=images, return_tensors="np")["pixel_values"])
+
+
+def encode_texts(processor, texts: list[str], max_length: int) -> dict[str, list[list[int]]]:
+    encoding = processor.tokenizer(texts, truncation=True, max_length=max_length, return_token_type_ids=False)
+    return {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"]}
+
+
+def encode_targets(processor, texts: list[str], max_length: int) -> list[list[int]]:
+    """Generation labels: the tokenised text without its leading [CLS] / BOS ("w1 .. wn [SEP]")."""
+    tokenizer = processor.tokenizer
+    start = {tokenizer.cls_token_id, tokenizer.bos_token_id} - {None}
+    ids = tokenizer(texts, truncation=True, max_length=max_length + 1)["input_ids"]
+    return [sequence[1:] if sequence and sequence[0] in start else sequence for sequence in ids]
+
+
+def majority(answers) -> str:
+    """The answer itself, or the most frequent of several annotators' answers."""
+    return answers if isinstance(answers, str) else Counter(answers).most_common(1)[0][0]
+
+
+def question_answer_pairs(questions, answers) -> list[tuple[str, str]]:
+    """One row's (question, answer) pairs: aligned lists (SynthShapes) or one question with annotators' answers."""
+    if isinstance(questions, str):
+        return [(questions, majority(answers))]
+    return [(question, majority(answer)) for question, answer in zip(questions, answers)]
+
+
+def pick(value, rng: random.Random):
+    """A string, or one random element of a list of strings (e.g. one caption paraphrase per visit)."""
+    return value if isinstance(value, str) else value[rng.randrange(len(value))]
+
+
+def build_transform(task: str, processor, data_args: DataArguments, seed: int = 0) -> Callable[[dict], dict]:
+    """A batched function from raw rows to model inputs, for `Dataset.with_transform` / `IterableDataset.map`."""
+    rng = random.Random(seed)
+    max_length, max_target = data_args.max_length, data_args.max_target_length
+    image_column, text_column = data_args.image_column, data_args.text_column
+
+    def transform(batch: dict) -> dict:
+        out = {"pixel_values": encode_images(processor, batch[image_column])}
+        if task == "vqa":
+            pairs = [
+                rng.choice(question_answer_pairs(q, a))
+                for q, a in zip(batch[text_column], batch[data_args.answer_column])
+            ]
+            out |= encode_texts(processor, [question for question, _ in pairs], max_length)
+            out["labels"] = encode_targets(processor, [answer for _, answer in pairs], max_target)
+            return out
+        texts = [pick(value, rng) for value in batch[text_column]]
+        if task == "captioning":
+            out["labels"] = encode_targets(processor, texts, max_target)
+            return out
+        out |= encode_texts(processor, texts, max_length)
+        if task == "pretrain":
+            out["labels"] = encode_targets(processor, texts, max_target)
+        elif task == "classification":
+            out["labels"] = list(batch[data_args.label_column])
+        elif task == "multitask":
+            out["labels"] = encode_targets(processor, texts, max_target)
+            out |= multitask_extras(batch, processor, data_args, rng)
+        return out
+
+    return transform
+
+
+def multitask_extras(batch: dict, processor, data_args: DataArguments, rng: random.Random) -> dict:
+    """Entailment statement + label, and up to `max_questions_per_image` question/answer pairs per image."""
+    statements = encode_texts(processor, list(batch[data_args.statement_column]), data_args.max_length)
+    out = {
+        "statement_input_ids": statements["input_ids"],
+        "statement_attention_mask": statements["attention_mask"],
+        "entailment_labels": list(batch[data_args.label_column]),
+        "question_input_ids": [],
+        "question_attention_mask": [],
+        "answer_labels": [],
+    }
+    for questions, answers in zip(batch[data_args.question_column], batch[data_args.answer_column]):
+        pairs = question_answer_pairs(questions, answers)
+        pairs = rng.sample(pairs, min(data_args.max_questions_per_image, len(pairs)))
+        encoded = encode_texts(processor, [question for question, _ in pairs], data_args.max_length)
+        out["question_input_ids"].append(encoded["input_ids"])
+        out["question_attention_mask"].append(encoded["attention_mask"])
+        out["answer_labels"].append(encode_targets(processor, [answer for _, answer in pairs], data_args.max_length))
+    return out
+
+
+def prepare_dataset(dataset: AnyDataset, transform: Callable, shuffle_seed: int | None, data_args) -> AnyDataset:
+    """Preprocess on the fly: `with_transform` for a map-style data set, a lazy batched `map` for a stream."""
+    if isinstance(dataset, IterableDataset):
+        if shuffle_seed is not None:
+            dataset = dataset.shuffle(seed=shuffle_seed, buffer_size=data_args.shuffle_buffer_size)
+        return dataset.map(transform, batched=True, batch_size=64, remove_columns=column_names(dataset))
+    return dataset.with_transform(transform)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Collation
+# ----------------------------------------------------------------------------------------------------------------
+
+# Per-image lists of sequences (several questions per image in multitask): flattened, with each one's image index.
+NESTED_KEYS = ("question_input_ids", "question_attention_mask", "answer_labels")
+
+
+def padding_value(key: str, pad_token_id: int) -> int:
+    if key.endswith("input_ids"):
+        return pad_token_id
+    if key.endswith("labels"):
+        return -100
+    return 0  # attention masks
+
+
+def pad_sequences(sequences: Iterable[list[int]], value: int) -> torch.Tensor:
+    """Right-pad token lists to the longest one: [N, T_max]."""
+    sequences = [torch.as_tensor(sequence, dtype=torch.long) for sequence in sequences]
+    return torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True, padding_value=value)
+
+
+@dataclass
+class VTFusionCollator:
+    """Stacks `pixel_values`, pads token lists and labels; flattens per-image question lists (`NESTED_KEYS`).
+
+    `return_loss=True` adds `return_loss` to every batch, for heads that compute a loss without labels (retrieval).
+    """
+
+    pad_token_id: int
+    return_loss: bool = False
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {}
+        for key in features[0]:
+            values = [feature[key] for feature in features]
+            if key in NESTED_KEYS:
+                if key == "question_input_ids":
+                    counts = torch.tensor([len(value) for value in values])
+                    batch["question_image_index"] = torch.repeat_interleave(torch.arange(len(values)), counts)
+                values = [sequence for value in values for sequence in value]
+            if key == "pixel_values":
+                batch[key] = torch.as_tensor(np.stack(values))
+            elif isinstance(values[0], (list, tuple, np.ndarray, torch.Tensor)):
+                batch[key] = pad_sequences(values, padding_value(key, self.pad_token_id))
+            else:
+                batch[key] = torch.as_tensor(values)
+        if self.return_loss:
+            batch["return_loss"] = True
+        return batch

@@ -1,0 +1,142 @@
+"""All vtfusion heads on one shared base, trained together: what the main job fine-tunes.
+
+`VTFusionForMultitask` holds exactly the modules of the library's heads under their names (`vtfusion`, `itm_head`,
+`text_decoder`, `lm_head`, `classifier`), so its checkpoint is the union of theirs: every head class, and every
+`Auto*` class of the checkpoint's `auto_map`, loads its own part out of the one folder. One forward encodes each
+image once and spends it on five objectives:
+- ITC + ITM with hard negatives and captioning LM on the image's caption (`VTFusionForPreTraining`'s objectives);
+- VQA: the decoder answers questions fused with their image (`VTFusionForConditionalGeneration` with `input_ids`);
+- entailment: the classifier reads the fused (image, statement) pair (`VTFusionForSequenceClassification`).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.dynamic_module_utils import custom_object_save
+from transformers.utils import ModelOutput
+
+from modeling_vtfusion import VTFusionConfig, VTFusionModel, VTFusionPreTrainedModel
+from modeling_vtfusion.modeling_vtfusion import (
+    ImageTextMatchingMixin,
+    VTFusionTextDecoder,
+    caption_labels,
+    shift_tokens_right,
+)
+
+
+# Head classes whose weights a multitask checkpoint holds in full (written to the config's `architectures`).
+HEAD_CLASSES = [
+    "VTFusionForPreTraining",
+    "VTFusionForConditionalGeneration",
+    "VTFusionForSequenceClassification",
+    "VTFusionForImageTextRetrieval",
+    "VTFusionModel",
+]
+
+
+@dataclass
+class VTFusionMultitaskOutput(ModelOutput):
+    """loss = the weighted pre-training losses + lm_loss_weight * vqa_loss + entailment_loss; each reported."""
+
+    loss: torch.Tensor | None = None
+    itc_loss: torch.Tensor | None = None
+    itm_loss: torch.Tensor | None = None
+    lm_loss: torch.Tensor | None = None
+    vqa_loss: torch.Tensor | None = None
+    entailment_loss: torch.Tensor | None = None
+    entailment_logits: torch.Tensor | None = None
+
+
+class VTFusionForMultitask(ImageTextMatchingMixin, VTFusionPreTrainedModel):
+    _tied_weights_keys = {"lm_head.weight": "text_decoder.embed_tokens.weight"}
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: VTFusionConfig):
+        super().__init__(config)
+        self.vtfusion = VTFusionModel(config)
+        self.itm_head = nn.Linear(config.fusion_hidden_size, 2)
+        self.text_decoder = VTFusionTextDecoder(config)
+        self.lm_head = nn.Linear(config.decoder_hidden_size, config.vocab_size, bias=False)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.fusion_hidden_size, config.num_labels)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.text_decoder.embed_tokens
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        question_input_ids: torch.LongTensor,
+        question_attention_mask: torch.Tensor,
+        question_image_index: torch.LongTensor,
+        answer_labels: torch.LongTensor,
+        statement_input_ids: torch.LongTensor,
+        statement_attention_mask: torch.Tensor,
+        entailment_labels: torch.LongTensor,
+        labels: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> VTFusionMultitaskOutput:
+        r"""
+        B images with their captions (`input_ids`), statements (`statement_*`, labels `entailment_labels` [B]) and Q
+        questions (`question_*` [Q, T], image of each `question_image_index` [Q], answers `answer_labels` [Q, A]).
+        labels (`[B, T]`, optional): caption LM targets; by default the caption without its [CLS].
+        """
+        model, config = self.vtfusion, self.config
+        image_tokens, image_pooled, _ = model.encode_image(pixel_values)  # [B, Ni, Hv], [B, Hv]
+
+        text_tokens, text_pooled, _ = model.encode_text(input_ids, attention_mask)
+        itc_loss, itm_loss, _, _ = self._itc_and_itm(
+            image_tokens, image_pooled, text_tokens, text_pooled, input_ids, attention_mask
+        )
+        if labels is None:
+            labels = caption_labels(input_ids, attention_mask)
+        lm_loss = self._decoder_loss(model.image_to_fusion(image_tokens), None, labels)
+
+        question_tokens, _, _ = model.encode_text(question_input_ids, question_attention_mask)
+        fused = model.fuse(image_tokens[question_image_index], question_tokens, question_attention_mask)
+        vqa_loss = self._decoder_loss(fused.last_hidden_state, fused.attention_mask, answer_labels)
+
+        statement_tokens, _, _ = model.encode_text(statement_input_ids, statement_attention_mask)
+        fused = model.fuse(image_tokens, statement_tokens, statement_attention_mask)
+        entailment_logits = self.classifier(self.dropout(fused.pooler_output))  # [B, num_labels]
+        entailment_loss = F.cross_entropy(entailment_logits.float(), entailment_labels)
+
+        loss = (
+            config.itc_loss_weight * itc_loss
+            + config.itm_loss_weight * itm_loss
+            + config.lm_loss_weight * (lm_loss + vqa_loss)
+            + entailment_loss
+        )
+        return VTFusionMultitaskOutput(
+            loss=loss,
+            itc_loss=itc_loss,
+            itm_loss=itm_loss,
+            lm_loss=lm_loss,
+            vqa_loss=vqa_loss,
+            entailment_loss=entailment_loss,
+            entailment_logits=entailment_logits,
+        )
+
+    def _decoder_loss(self, memory, memory_mask, labels) -> torch.Tensor:
+        """Next-token cross-entropy of the decoder reading `memory` [N, M, H], as VTFusionForConditionalGeneration."""
+        decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+        hidden, _ = self.text_decoder(decoder_input_ids, memory, memory_mask)
+        logits = self.lm_head(hidden)
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus the library's code files (this class is not remote code: each head
+        class loads its part of the weights) and the head classes in `architectures`."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            custom_object_save(self.vtfusion, save_directory)  # modeling_vtfusion.py and the files it imports
+            self.config.architectures = list(HEAD_CLASSES)
+            self.config.save_pretrained(save_directory)

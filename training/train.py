@@ -1,0 +1,397 @@
+"""The training entry point for every vtfusion task, on `transformers.Trainer`.
+
+    python -m training.train --task pretrain --output_dir outputs/pretrain --do_train --do_predict --max_steps 500
+    accelerate launch --num_processes 2 -m training.train --task vqa --model_name_or_path outputs/pretrain ...
+
+Tasks and heads: `pretrain` (ITC + ITM + captioning LM, `VTFusionForPreTraining`), `retrieval` (ITC + ITM,
+`VTFusionForImageTextRetrieval`), `classification` (e.g. entailment, `VTFusionForSequenceClassification`),
+`captioning` and `vqa` (`VTFusionForConditionalGeneration`), `multitask` (all of them on one base,
+`training.multitask.VTFusionForMultitask`).
+
+The model comes from a vtfusion checkpoint (`--model_name_or_path`), from two pretrained encoders
+(`--vision_model_name_or_path` + `--text_model_name_or_path`) or from scratch: a config sized by the command line
+and a WordPiece tokenizer trained on the training texts. The data is SynthShapes (generated once) or any data set
+`datasets.load_dataset` reads (`--dataset_name`), preprocessed on the fly. `--do_predict` computes the task metrics
+on the test split. The output folder is Hub-ready: safetensors weights, config with `auto_map`, code, processor.
+"""
+
+import ast
+import logging
+import os
+import sys
+from collections import defaultdict
+
+import datasets
+import torch
+import transformers
+from transformers import (
+    AutoImageProcessor,
+    AutoTokenizer,
+    HfArgumentParser,
+    Trainer,
+    TrainingArguments,
+    ViTImageProcessorPil,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from modeling_vtfusion import (
+    FUSION_TYPES,
+    VTFusionConfig,
+    VTFusionForConditionalGeneration,
+    VTFusionForImageTextRetrieval,
+    VTFusionForPreTraining,
+    VTFusionForSequenceClassification,
+    VTFusionModel,
+    VTFusionProcessor,
+)
+from training import evaluation
+from training.args import TASKS, DataArguments, EvaluationArguments, ModelArguments
+from training.data import (
+    VTFusionCollator,
+    build_transform,
+    check_columns,
+    class_names,
+    corpus_columns,
+    corpus_texts,
+    get_split,
+    limit,
+    load_raw_datasets,
+    optional_column,
+    prepare_dataset,
+    resolve_text_column,
+)
+from training.multitask import VTFusionForMultitask
+from training.tokenizer import train_wordpiece_tokenizer
+
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FUSION_TYPE = "cross_attention"
+
+TASK_HEADS = {
+    "pretrain": VTFusionForPreTraining,
+    "retrieval": VTFusionForImageTextRetrieval,
+    "classification": VTFusionForSequenceClassification,
+    "captioning": VTFusionForConditionalGeneration,
+    "vqa": VTFusionForConditionalGeneration,
+    "multitask": VTFusionForMultitask,
+}
+# The test-split metrics of each task.
+TASK_EVALUATIONS = {
+    "pretrain": ("retrieval", "captioning"),
+    "retrieval": ("retrieval",),
+    "classification": ("classification",),
+    "captioning": ("captioning",),
+    "vqa": ("vqa",),
+    "multitask": ("retrieval", "vqa", "classification", "captioning"),
+}
+
+
+class VTFusionTrainer(Trainer):
+    """`Trainer` that also logs every `*_loss` the model returns (ITC, ITM, LM, ...), averaged since the last log."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._component_losses = defaultdict(list)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training and isinstance(outputs, dict):
+            for name, value in outputs.items():
+                if name.endswith("_loss") and value is not None:
+                    self._component_losses[name].append(value.detach().float().item())
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._component_losses:
+            logs = logs | {name: round(sum(v) / len(v), 4) for name, v in self._component_losses.items()}
+            self._component_losses.clear()
+        super().log(logs, start_time)
+
+
+def parse_args(argv: list[str] | None = None):
+    """Command line (or one .json / .yaml file) -> (ModelArguments, DataArguments, EvaluationArguments,
+    TrainingArguments)."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, EvaluationArguments, TrainingArguments))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(argv[0])
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(argv[0])
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def check_args(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> None:
+    if model_args.task not in TASKS:
+        raise ValueError(f"--task {model_args.task!r} is not a task; choose one of {', '.join(TASKS)}.")
+    if model_args.fusion_type is not None and model_args.fusion_type not in FUSION_TYPES:
+        raise ValueError(f"--fusion_type {model_args.fusion_type!r}: choose one of {', '.join(FUSION_TYPES)}.")
+    if bool(model_args.vision_model_name_or_path) != bool(model_args.text_model_name_or_path):
+        raise ValueError("Pass both --vision_model_name_or_path and --text_model_name_or_path, or neither.")
+    if data_args.streaming and training_args.do_train and training_args.max_steps <= 0:
+        raise ValueError("A streamed data set has no length: pass --max_steps with --streaming.")
+
+
+def setup_logging(training_args: TrainingArguments) -> None:
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+
+
+def configure_threads() -> None:
+    """Split the CPU cores between the processes of this machine, unless OMP_NUM_THREADS says otherwise."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
+
+
+def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
+    """`--resume_from_checkpoint PATH`, or `latest` / `true` for the last checkpoint in --output_dir."""
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None or checkpoint.lower() not in ("latest", "true", "last"):
+        return checkpoint
+    last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+    if last is None:
+        raise ValueError(
+            f"--resume_from_checkpoint {checkpoint}: no checkpoint-* folder in {training_args.output_dir}."
+        )
+    return last
+
+
+def parse_overrides(text: str | None) -> dict:
+    """'a=1,b=0.5,c=late' -> {'a': 1, 'b': 0.5, 'c': 'late'}."""
+    overrides = {}
+    for item in filter(None, (text or "").split(",")):
+        key, _, value = item.partition("=")
+        try:
+            overrides[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def task_config_kwargs(task: str, train_split, data_args: DataArguments) -> dict:
+    """Label names of the classification heads."""
+    if task not in ("classification", "multitask"):
+        return {}
+    names = class_names(train_split, data_args)
+    return {
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": {name: i for i, name in enumerate(names)},
+    }
+
+
+def scratch_config(model_args: ModelArguments, data_args: DataArguments, tokenizer, **kwargs) -> VTFusionConfig:
+    """A ViT + BERT pair sized by the command line, with the trained tokenizer's vocabulary and special tokens."""
+    encoder = {
+        "hidden_size": model_args.hidden_size,
+        "num_hidden_layers": model_args.num_hidden_layers,
+        "num_attention_heads": model_args.num_attention_heads,
+        "intermediate_size": 4 * model_args.hidden_size,
+    }
+    vision = {"model_type": "vit", "image_size": model_args.image_size, "patch_size": model_args.patch_size}
+    text = {"model_type": "bert", "vocab_size": len(tokenizer), "max_position_embeddings": data_args.max_length}
+    return VTFusionConfig(
+        vision_config=vision | encoder,
+        text_config=text | encoder,
+        fusion_type=model_args.fusion_type or DEFAULT_FUSION_TYPE,
+        num_fusion_layers=model_args.num_fusion_layers,
+        decoder_num_hidden_layers=model_args.decoder_num_hidden_layers,
+        projection_dim=model_args.projection_dim,
+        max_decoder_position_embeddings=max(64, data_args.max_target_length + 1),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        **kwargs,
+    )
+
+
+def scratch_processor(task, train_split, model_args, data_args, training_args) -> VTFusionProcessor:
+    """The local main process trains the tokenizer and saves the processor in --output_dir; the others load it
+    (WordPiece training may number tokens differently from run to run)."""
+    with training_args.main_process_first(desc="training the tokenizer"):
+        if training_args.local_process_index > 0:
+            return VTFusionProcessor.from_pretrained(training_args.output_dir)
+        texts = corpus_texts(train_split, corpus_columns(task, train_split, data_args))
+        tokenizer = train_wordpiece_tokenizer(
+            texts, model_args.tokenizer_vocab_size, model_max_length=data_args.max_length
+        )
+        size = {"height": model_args.image_size, "width": model_args.image_size}
+        processor = VTFusionProcessor(image_processor=ViTImageProcessorPil(size=size), tokenizer=tokenizer)
+        processor.save_pretrained(training_args.output_dir)
+        return processor
+
+
+def build_model_and_processor(task, train_split, model_args, data_args, training_args, checkpoint):
+    """From a checkpoint to resume or continue, from two pretrained encoders, or from scratch."""
+    head = TASK_HEADS[task]
+    kwargs = task_config_kwargs(task, train_split, data_args) | parse_overrides(model_args.config_overrides)
+    source = checkpoint or model_args.model_name_or_path
+    if source:
+        if model_args.fusion_type:
+            kwargs["fusion_type"] = model_args.fusion_type
+        return head.from_pretrained(source, **kwargs), VTFusionProcessor.from_pretrained(source)
+    if model_args.vision_model_name_or_path:
+        tokenizer = AutoTokenizer.from_pretrained(model_args.text_model_name_or_path)
+        image_processor = AutoImageProcessor.from_pretrained(model_args.vision_model_name_or_path, backend="pil")
+        model = head.from_vision_text_pretrained(
+            model_args.vision_model_name_or_path,
+            model_args.text_model_name_or_path,
+            fusion_type=model_args.fusion_type or DEFAULT_FUSION_TYPE,
+            num_fusion_layers=model_args.num_fusion_layers,
+            decoder_num_hidden_layers=model_args.decoder_num_hidden_layers,
+            projection_dim=model_args.projection_dim,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id,
+            eos_token_id=tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id,
+            **kwargs,
+        )
+        return model, VTFusionProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    processor = scratch_processor(task, train_split, model_args, data_args, training_args)
+    return head(scratch_config(model_args, data_args, processor.tokenizer, **kwargs)), processor
+
+
+def evaluate_on_test(task, model_dir, processor, test_split, data_args, eval_args, device) -> dict[str, float]:
+    """The task's metrics on the test split; each metric uses the head class it needs, loaded from `model_dir`."""
+    results = {}
+    common = {"batch_size": eval_args.test_batch_size}
+    generation = {"max_new_tokens": eval_args.generation_max_new_tokens, "num_beams": eval_args.generation_num_beams}
+    image_column = data_args.image_column
+    for kind in TASK_EVALUATIONS[task]:
+        if kind == "retrieval":
+            model = VTFusionModel.from_pretrained(model_dir).to(device)
+            results |= evaluation.evaluate_retrieval(
+                model,
+                processor,
+                test_split,
+                image_column,
+                data_args.text_column,
+                optional_column(test_split, data_args.canonical_column),
+                gallery_size=min(eval_args.retrieval_gallery_size, eval_args.max_test_samples or 10**9),
+                **common,
+            )
+        elif kind == "captioning":
+            model = VTFusionForConditionalGeneration.from_pretrained(model_dir).to(device)
+            references = optional_column(test_split, data_args.references_column) or data_args.text_column
+            results |= evaluation.evaluate_captioning(
+                model,
+                processor,
+                test_split,
+                image_column,
+                references,
+                eval_args.max_test_samples,
+                **common,
+                **generation,
+            )
+        elif kind == "vqa":
+            model = VTFusionForConditionalGeneration.from_pretrained(model_dir).to(device)
+            questions = data_args.question_column if task == "multitask" else data_args.text_column
+            results |= evaluation.evaluate_vqa(
+                model,
+                processor,
+                test_split,
+                image_column,
+                questions,
+                data_args.answer_column,
+                optional_column(test_split, data_args.question_type_column),
+                eval_args.max_test_samples,
+                **common,
+                max_new_tokens=min(8, eval_args.generation_max_new_tokens),
+                num_beams=eval_args.generation_num_beams,
+            )
+        elif kind == "classification":
+            model = VTFusionForSequenceClassification.from_pretrained(model_dir).to(device)
+            statements = data_args.statement_column if task == "multitask" else data_args.text_column
+            results |= evaluation.evaluate_classification(
+                model,
+                processor,
+                test_split,
+                image_column,
+                statements,
+                data_args.label_column,
+                optional_column(test_split, data_args.subset_column),
+                eval_args.max_test_samples,
+                **common,
+            )
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Runs the command line `argv` (default: `sys.argv`); returns the train, eval and `test_*` metrics."""
+    model_args, data_args, eval_args, training_args = parse_args(argv)
+    check_args(model_args, data_args, training_args)
+    training_args.remove_unused_columns = False  # the on-the-fly transform needs the raw columns
+    training_args.prediction_loss_only = True  # task metrics come from `evaluate_on_test`, not from logits
+    setup_logging(training_args)
+    configure_threads()
+    set_seed(training_args.seed)
+    task = model_args.task
+
+    raw_datasets = load_raw_datasets(data_args, training_args.main_process_first)
+    resolve_text_column(task, data_args)
+    train_split = get_split(raw_datasets, data_args.train_split)
+    check_columns(train_split, task, data_args)
+    checkpoint = resolve_checkpoint(training_args)
+    model, processor = build_model_and_processor(task, train_split, model_args, data_args, training_args, checkpoint)
+    logger.info(f"{type(model).__name__} ({model.config.fusion_type}): {model.num_parameters() / 1e6:.2f}M parameters")
+
+    train_dataset = eval_dataset = None
+    if training_args.do_train:
+        transform = build_transform(task, processor, data_args, seed=training_args.seed)
+        train_dataset = prepare_dataset(
+            limit(train_split, data_args.max_train_samples), transform, training_args.seed, data_args
+        )
+    if training_args.do_eval:
+        eval_split = get_split(raw_datasets, data_args.eval_split)
+        transform = build_transform(task, processor, data_args, seed=training_args.seed + 1)
+        eval_dataset = prepare_dataset(limit(eval_split, data_args.max_eval_samples), transform, None, data_args)
+
+    trainer = VTFusionTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=VTFusionCollator(processor.tokenizer.pad_token_id, return_loss=task == "retrieval"),
+        processing_class=processor,
+    )
+    metrics = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model()  # weights, config with auto_map, code files and processor: a Hub-ready folder
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+        metrics |= result.metrics
+    if training_args.do_eval:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics |= eval_metrics
+    if training_args.do_predict and trainer.is_world_process_zero():
+        model_dir = training_args.output_dir if training_args.do_train else model_args.model_name_or_path
+        if model_dir is None:
+            raise ValueError("--do_predict without --do_train needs --model_name_or_path (the model to evaluate).")
+        test_split = get_split(raw_datasets, data_args.test_split)
+        test_metrics = evaluate_on_test(
+            task, model_dir, processor, test_split, data_args, eval_args, training_args.device
+        )
+        trainer.log_metrics("test", test_metrics)
+        trainer.save_metrics("test", test_metrics)
+        metrics |= {f"test_{name}": value for name, value in test_metrics.items()}
+    if training_args.push_to_hub and training_args.do_train:
+        trainer.push_to_hub(commit_message=f"vtfusion {task} ({model.config.fusion_type})")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
