@@ -122,6 +122,35 @@ class VTFusionPreTrainingOutput(ModelOutput):
     lm_logits: torch.Tensor | None = None
 
 
+@dataclass
+class VTFusionRetrievalFeatures(ModelOutput):
+    """
+    Images or texts encoded once for two-stage retrieval (`VTFusionForImageTextRetrieval.rank`).
+
+    embeds (`[N, projection_dim]`): L2-normalised embeddings, compared by matrix product in the first (ITC) stage.
+    tokens (`[N, L, encoder_width]`): encoder tokens, fused with the other side's candidates in the second (ITM) stage.
+    attention_mask (`[N, L]`): the texts' padding mask; `None` for images.
+    """
+
+    embeds: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+
+
+@dataclass
+class VTFusionRankingOutput(ModelOutput):
+    """
+    indices (`[num_queries, k]`): each query's k gallery candidates, re-ranked by ITM, best first.
+    scores (`[num_queries, k]`): ITM log-probability that the query and the candidate match, descending.
+    itc_indices / itc_scores (`[num_queries, k]`): the first stage, top-k by scaled cosine similarity, best first.
+    """
+
+    indices: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+    itc_indices: torch.Tensor | None = None
+    itc_scores: torch.Tensor | None = None
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Losses and distributed helpers
 # ----------------------------------------------------------------------------------------------------------------
@@ -544,6 +573,83 @@ class VTFusionForImageTextRetrieval(ImageTextMatchingMixin, VTFusionPreTrainedMo
             text_embeds=text_embeds,
             cross_attentions=fused.cross_attentions,
         )
+
+    # -- two-stage retrieval -------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def retrieval_features(
+        self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, batch_size: int = 256
+    ) -> VTFusionRetrievalFeatures:
+        """Encode a gallery or a set of queries once, `batch_size` at a time: images (`pixel_values`) or texts."""
+        if (pixel_values is None) == (input_ids is None):
+            raise ValueError("retrieval_features encodes one modality: pass pixel_values or input_ids, not both.")
+        model = self.vtfusion
+
+        def rows(tensor, start):
+            return None if tensor is None else tensor[start : start + batch_size]
+
+        if pixel_values is not None:
+            starts, projection = range(0, len(pixel_values), batch_size), model.visual_projection
+            parts = [model.encode_image(rows(pixel_values, i))[:2] for i in starts]
+        else:
+            attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+            starts, projection = range(0, len(input_ids), batch_size), model.text_projection
+            parts = [
+                model.encode_text(rows(input_ids, i), rows(attention_mask, i), rows(token_type_ids, i))[:2]
+                for i in starts
+            ]
+        tokens, pooled = (torch.cat(part) for part in zip(*parts))  # [N, L, W], [N, W]
+        return VTFusionRetrievalFeatures(
+            embeds=F.normalize(projection(pooled), dim=-1), tokens=tokens, attention_mask=attention_mask
+        )
+
+    @torch.inference_mode()
+    def rank(
+        self,
+        queries: VTFusionRetrievalFeatures,
+        gallery: VTFusionRetrievalFeatures,
+        top_k: int = 16,
+        batch_size: int = 64,
+    ) -> VTFusionRankingOutput:
+        """Two-stage retrieval (ALBEF / BLIP): each query's top-k gallery items by ITC, re-ranked by ITM.
+
+        `queries` and `gallery` come from `retrieval_features`: texts and images (text-to-image retrieval) or images
+        and texts (image-to-text). Per chunk of `batch_size` queries, the first stage is one matrix product with the
+        gallery embeddings; the second fuses the chunk's `batch_size * top_k` candidate pairs in one call, reading
+        the gallery's precomputed tokens. Call `model.eval()` first, as for any evaluation.
+
+        ```python
+        gallery = model.retrieval_features(pixel_values=images)
+        queries = model.retrieval_features(input_ids=ids, attention_mask=mask)
+        ranking = model.rank(queries, gallery, top_k=16)  # ranking.indices[q, 0]: the best image for text q
+        ```
+        """
+        if (queries.attention_mask is None) == (gallery.attention_mask is None):
+            raise ValueError("rank needs text queries with an image gallery, or image queries with a text gallery.")
+        top_k = min(top_k, len(gallery.embeds))
+        chunks = []
+        for start in range(0, len(queries.embeds), batch_size):
+            rows = slice(start, start + batch_size)
+            similarity = self.vtfusion.similarity(gallery.embeds, queries.embeds[rows])  # [q, gallery], symmetric
+            itc_scores, itc_indices = similarity.topk(top_k, dim=-1)  # [q, k]
+            scores, order = self._match_scores(queries, rows, gallery, itc_indices).sort(dim=-1, descending=True)
+            chunks.append((itc_indices.gather(-1, order), scores, itc_indices, itc_scores))
+        indices, scores, itc_indices, itc_scores = (torch.cat(chunk) for chunk in zip(*chunks))
+        return VTFusionRankingOutput(indices=indices, scores=scores, itc_indices=itc_indices, itc_scores=itc_scores)
+
+    def _match_scores(self, queries, rows, gallery, candidates: torch.Tensor) -> torch.Tensor:
+        """ITM log-probability of a match for each query in `rows` with each of its candidates [q, k] -> [q, k]."""
+        num_queries, k = candidates.shape
+        query_tokens = queries.tokens[rows].repeat_interleave(k, dim=0)  # [q * k, L, W]
+        candidate_tokens = gallery.tokens[candidates.flatten()]  # [q * k, L', W']
+        if queries.attention_mask is not None:  # text queries, image candidates
+            text_mask = queries.attention_mask[rows].repeat_interleave(k, dim=0)
+            image_tokens, text_tokens = candidate_tokens, query_tokens
+        else:
+            text_mask = gallery.attention_mask[candidates.flatten()]
+            image_tokens, text_tokens = query_tokens, candidate_tokens
+        pooled = self.vtfusion.fuse(image_tokens, text_tokens, text_mask).pooler_output
+        return self.itm_head(pooled).log_softmax(-1)[:, 1].view(num_queries, k)
 
 
 class VTFusionForSequenceClassification(VTFusionPreTrainedModel):
