@@ -200,7 +200,8 @@ def pad_to_global_length(tokens: torch.Tensor, mask: torch.Tensor, ids: torch.Te
 def sample_hard_negatives(similarity: torch.Tensor, forbidden: torch.Tensor) -> torch.Tensor:
     """For each row, draw one column with probability softmax(similarity) over the allowed columns (ALBEF / BLIP).
 
-    `forbidden` marks the positives (and duplicates of them), which are never drawn. Gumbel-max sampling over the
+    `forbidden` marks the positives (and duplicates of them), which are never drawn; a row with every column
+    forbidden has nothing to draw and gets an arbitrary index, which callers must ignore. Gumbel-max sampling over the
     global similarity matrix: every process draws the same noise, so a run on N processes samples exactly what one
     process with the global batch samples.
     """
@@ -507,6 +508,9 @@ class ImageTextMatchingMixin:
         pair_masks = torch.cat([attention_mask, all_text_mask[neg_texts], attention_mask])
         itm_logits = self.itm_head(model.fuse(pair_images, pair_texts, pair_masks).pooler_output)
         itm_labels = torch.cat([itm_logits.new_ones(batch), itm_logits.new_zeros(2 * batch)]).long()
+        # a pair whose text is repeated by every other pair (a batch of one, say) has no negative: ignore its draws
+        no_negative = same_text[rows].all(-1).repeat(2)
+        itm_labels[batch:] = itm_labels[batch:].masked_fill(no_negative, -100)
         itm_loss = F.cross_entropy(gather_with_grad(itm_logits), gather_with_grad(itm_labels))
         return itc_loss, itm_loss, all_logits_per_text[rows], itm_logits[:batch]
 

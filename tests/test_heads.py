@@ -177,6 +177,16 @@ def test_a_text_identical_to_the_positive_is_never_a_negative(monkeypatch):
         assert negatives[0] not in (0, 1) and negatives[1] not in (0, 1)
 
 
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_pairs_without_any_negative_train_itm_on_the_positive_alone(batch_size):
+    """A batch of one pair, or of one text repeated, has no negative: ITM must not call the positive a non-match."""
+    model = build(VTFusionForImageTextRetrieval).train()
+    batch = random_batch(batch_size=batch_size)
+    batch["input_ids"][:], batch["attention_mask"][:] = batch["input_ids"][0], batch["attention_mask"][0]
+    out = forward(model, batch)
+    torch.testing.assert_close(out.itm_loss, -out.itm_logits.log_softmax(-1)[:, 1].mean())
+
+
 # -- retrieval: two-stage rank -----------------------------------------------------------------------------------
 
 
