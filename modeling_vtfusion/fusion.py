@@ -205,21 +205,15 @@ def concat_tokens(text_tokens, text_mask, image_tokens, image_mask):
     return tokens, torch.cat([text_mask, image_mask], dim=1)
 
 
-class Pooler(nn.Module):
-    """tanh(Linear(x)) over a pooled vector, as BERT pools its [CLS] token."""
-
-    def __init__(self, in_size, hidden_size):
-        super().__init__()
-        self.dense = nn.Linear(in_size, hidden_size)
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(pooled))
-
-
 class TransformerFusion(nn.Module):
-    """Shared stack of `VTFusionLayer`s with a final norm, a [CLS]-style pooler and hidden-state bookkeeping."""
+    """Shared stack of `VTFusionLayer`s with a final norm.
 
-    def __init__(self, config, cross: bool, pool: bool = True):
+    Pairs are pooled as the mean of their real fused tokens, not a tanh-pooled [CLS]: from scratch, a random text
+    encoder's [CLS] barely varies across inputs and matching (ITM) stalls; on 8 random pairs the ITM loss stayed at
+    0.6 after 200 steps with a [CLS] pooler and fell to 0.12-0.26 with the mean.
+    """
+
+    def __init__(self, config, cross: bool):
         super().__init__()
         size, heads, inner = (
             config.fusion_hidden_size,
@@ -231,7 +225,6 @@ class TransformerFusion(nn.Module):
             [VTFusionLayer(config, size, heads, inner, cross_size=cross_size) for _ in range(config.num_fusion_layers)]
         )
         self.norm = nn.LayerNorm(size, eps=config.layer_norm_eps)
-        self.pooler = Pooler(size, size) if pool else None
 
 
 class CrossAttentionFusion(TransformerFusion):
@@ -253,7 +246,7 @@ class CrossAttentionFusion(TransformerFusion):
         return FusionOutput(
             last_hidden_state=hidden,
             attention_mask=text_mask,
-            pooler_output=self.pooler(hidden[:, 0]),
+            pooler_output=masked_mean(hidden, text_mask),
             cross_attentions=maps if output_attentions else None,
             hidden_states=states if output_hidden else None,
         )
@@ -264,9 +257,9 @@ class CoAttentionFusion(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.text_stream = TransformerFusion(config, cross=True, pool=False)
-        self.image_stream = TransformerFusion(config, cross=True, pool=False)
-        self.pooler = Pooler(2 * config.fusion_hidden_size, config.fusion_hidden_size)
+        self.text_stream = TransformerFusion(config, cross=True)
+        self.image_stream = TransformerFusion(config, cross=True)
+        self.pooler = nn.Linear(2 * config.fusion_hidden_size, config.fusion_hidden_size)
 
     def forward(self, image_tokens, image_mask, text_tokens, text_mask, output_attentions=False, output_hidden=False):
         dtype = text_tokens.dtype
@@ -279,7 +272,7 @@ class CoAttentionFusion(nn.Module):
             maps, states = maps + (cross,), states + (torch.cat([text, image], dim=1),)
         text, image = self.text_stream.norm(text), self.image_stream.norm(image)
         tokens, mask = concat_tokens(text, text_mask, image, image_mask)
-        pooled = self.pooler(torch.cat([text[:, 0], masked_mean(image, image_mask)], dim=-1))
+        pooled = self.pooler(torch.cat([masked_mean(text, text_mask), masked_mean(image, image_mask)], dim=-1))
         return FusionOutput(
             last_hidden_state=tokens,
             attention_mask=mask,
@@ -312,7 +305,7 @@ class ConcatFusion(TransformerFusion):
         return FusionOutput(
             last_hidden_state=hidden,
             attention_mask=mask,
-            pooler_output=self.pooler(hidden[:, 0]),
+            pooler_output=masked_mean(hidden, mask),
             cross_attentions=maps if output_attentions else None,
             hidden_states=states if output_hidden else None,
         )
@@ -334,7 +327,7 @@ class WeightedFusion(nn.Module):
         self.gate = nn.Linear(2 * size, size)
 
     def forward(self, image_tokens, image_mask, text_tokens, text_mask, output_attentions=False, output_hidden=False):
-        text, image = text_tokens[:, 0], masked_mean(image_tokens, image_mask)
+        text, image = masked_mean(text_tokens, text_mask), masked_mean(image_tokens, image_mask)
         gate = torch.sigmoid(self.gate(torch.cat([text, image], dim=-1)))
         pooled = gate * torch.tanh(self.text_transform(text)) + (1 - gate) * torch.tanh(self.image_transform(image))
         tokens, mask = concat_tokens(text_tokens, text_mask, image_tokens, image_mask)
@@ -356,13 +349,13 @@ class LateFusion(nn.Module):
     def __init__(self, config):
         super().__init__()
         size = config.fusion_hidden_size
-        self.text_summary = Pooler(size, size)
-        self.image_summary = Pooler(size, size)
+        self.text_summary = nn.Linear(size, size)
+        self.image_summary = nn.Linear(size, size)
         self.modality_logits = nn.Parameter(torch.zeros(2))
 
     def forward(self, image_tokens, image_mask, text_tokens, text_mask, output_attentions=False, output_hidden=False):
         weights = self.modality_logits.softmax(-1)
-        text = self.text_summary(text_tokens[:, 0])
+        text = self.text_summary(masked_mean(text_tokens, text_mask))
         image = self.image_summary(masked_mean(image_tokens, image_mask))
         tokens, mask = concat_tokens(text_tokens, text_mask, image_tokens, image_mask)
         return FusionOutput(

@@ -9,6 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+
+# `make test` runs two pytest workers on two cores: one thread each. More threads per worker oversubscribe the cores
+# and make tiny ops ~100x slower.
+torch.set_num_threads(1)
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
