@@ -89,7 +89,7 @@ def test_generation_longer_than_the_decoder_positions_is_explained():
         head(pixel_values=random_batch()["pixel_values"], labels=torch.ones(4, 12, dtype=torch.long))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     fusion_type=st.sampled_from(FUSION_TYPES),
     batch_size=st.integers(1, 3),

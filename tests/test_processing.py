@@ -441,7 +441,7 @@ def any_supported_image(draw):
     return (pixels[..., 0] - 0.5) * 10  # outside both ranges: min-max scaled
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     images=st.lists(any_supported_image(), min_size=1, max_size=3),
     texts=st.lists(st.text(max_size=300), min_size=1, max_size=3),
