@@ -80,7 +80,10 @@ class VTFusionAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
         output_attentions: bool = False,
+        key_value_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`key_value_index` ([B] long, cross-attention without cache): query row b attends to row
+        `key_value_index[b]` of `key_value_states`, so a memory shared by several queries is projected once."""
         is_cross = key_value_states is not None
         input_shape = hidden_states.shape[:-1]
         query = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
@@ -95,6 +98,8 @@ class VTFusionAttention(nn.Module):
             kv_shape = (*source.shape[:-1], -1, self.head_dim)
             key = self.k_proj(source).view(kv_shape).transpose(1, 2)
             value = self.v_proj(source).view(kv_shape).transpose(1, 2)
+            if key_value_index is not None:
+                key, value = key[key_value_index], value[key_value_index]
             if cache is not None:
                 key, value = cache.update(key, value, self.layer_idx)
                 if is_cross:
@@ -158,6 +163,7 @@ class VTFusionLayer(GradientCheckpointingLayer):
         memory_mask: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
         output_attentions: bool = False,
+        memory_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         attended, self_weights = self.self_attn(
             self.self_attn_norm(hidden_states),
@@ -174,6 +180,7 @@ class VTFusionLayer(GradientCheckpointingLayer):
                 attention_mask=memory_mask,
                 past_key_values=past_key_values,
                 output_attentions=output_attentions,
+                key_value_index=memory_index,
             )
             hidden_states = hidden_states + self.dropout(attended)
         hidden_states = hidden_states + self.mlp(self.mlp_norm(hidden_states))
@@ -233,14 +240,34 @@ class CrossAttentionFusion(TransformerFusion):
     def __init__(self, config):
         super().__init__(config, cross=True)
 
-    def forward(self, image_tokens, image_mask, text_tokens, text_mask, output_attentions=False, output_hidden=False):
+    def forward(
+        self,
+        image_tokens,
+        image_mask,
+        text_tokens,
+        text_mask,
+        output_attentions=False,
+        output_hidden=False,
+        image_index=None,
+    ):
+        """`image_index` ([B] long, optional): pair b fuses text b with image `image_index[b]` of `image_tokens`
+        [num_images, Ni, H]; the keys/values of an image shared by several pairs are computed once per layer."""
         self_mask, memory_mask = (
             additive_mask(text_mask, text_tokens.dtype),
             additive_mask(image_mask, text_tokens.dtype),
         )
+        if memory_mask is not None and image_index is not None:
+            memory_mask = memory_mask[image_index]
         hidden, maps, states = text_tokens, (), (text_tokens,)
         for layer in self.layers:
-            hidden, _, cross = layer(hidden, self_mask, image_tokens, memory_mask, output_attentions=output_attentions)
+            hidden, _, cross = layer(
+                hidden,
+                self_mask,
+                image_tokens,
+                memory_mask,
+                output_attentions=output_attentions,
+                memory_index=image_index,
+            )
             maps, states = maps + (cross,), states + (hidden,)
         hidden = self.norm(hidden)
         return FusionOutput(

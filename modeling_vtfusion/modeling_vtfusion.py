@@ -385,15 +385,28 @@ class VTFusionModel(VTFusionPreTrainedModel):
         text_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        image_index: torch.Tensor | None = None,
     ) -> FusionOutput:
-        """Encoder tokens of B pairs -> fused output. Takes encoder widths; maps both to the fusion width first."""
+        """Encoder tokens of B pairs -> fused output. Takes encoder widths; maps both to the fusion width first.
+
+        `image_index` ([B] long, optional): pair b is text b with image `image_index[b]` of `image_tokens`
+        [num_images, Ni, W]. Pairs sharing an image (ITM negatives, re-ranking candidates) then share its image-side
+        work: its mapping to the fusion width and, with cross-attention fusion, its keys/values in every layer.
+        """
         image = self.image_to_fusion(image_tokens)
         text = self.text_to_fusion(text_tokens)
         if text_mask is None:
             text_mask = text.new_ones(text.shape[:2], dtype=torch.long)
         image_mask = None
-        if self.training and self.config.modality_dropout > 0:
+        dropping = self.training and self.config.modality_dropout > 0
+        if image_index is not None and (dropping or self.config.fusion_type != "cross_attention"):
+            image, image_index = image[image_index], None
+        if dropping:
             image, image_mask, text, text_mask = self._drop_modality(image, text, text_mask)
+        if image_index is not None:
+            return self.fusion(
+                image, image_mask, text, text_mask, output_attentions, output_hidden_states, image_index
+            )
         return self.fusion(image, image_mask, text, text_mask, output_attentions, output_hidden_states)
 
     def _drop_modality(self, image, text, text_mask):
@@ -502,11 +515,12 @@ class ImageTextMatchingMixin:
         rows = torch.arange(start, start + batch, device=image_tokens.device)
         neg_texts, neg_images = negative_text_of_image[rows], negative_image_of_text[rows]
 
-        # one fusion call over [positives; image + negative text; negative image + text]
-        pair_images = torch.cat([image_tokens, image_tokens, all_image_tokens[neg_images]])
+        # one fusion call over [positives; image + negative text; negative image + text], each image fused once
+        images, image_index = torch.unique(torch.cat([rows, rows, neg_images]), return_inverse=True)
         pair_texts = torch.cat([text_tokens, all_text_tokens[neg_texts], text_tokens])
         pair_masks = torch.cat([attention_mask, all_text_mask[neg_texts], attention_mask])
-        itm_logits = self.itm_head(model.fuse(pair_images, pair_texts, pair_masks).pooler_output)
+        fused = model.fuse(all_image_tokens[images], pair_texts, pair_masks, image_index=image_index)
+        itm_logits = self.itm_head(fused.pooler_output)
         itm_labels = torch.cat([itm_logits.new_ones(batch), itm_logits.new_zeros(2 * batch)]).long()
         # a pair whose text is repeated by every other pair (a batch of one, say) has no negative: ignore its draws
         no_negative = same_text[rows].all(-1).repeat(2)
