@@ -658,15 +658,17 @@ class VTFusionForImageTextRetrieval(ImageTextMatchingMixin, VTFusionPreTrainedMo
     def _match_scores(self, queries, rows, gallery, candidates: torch.Tensor) -> torch.Tensor:
         """ITM log-probability of a match for each query in `rows` with each of its candidates [q, k] -> [q, k]."""
         num_queries, k = candidates.shape
-        query_tokens = queries.tokens[rows].repeat_interleave(k, dim=0)  # [q * k, L, W]
-        candidate_tokens = gallery.tokens[candidates.flatten()]  # [q * k, L', W']
-        if queries.attention_mask is not None:  # text queries, image candidates
+        flat = candidates.flatten()  # [q * k]
+        if queries.attention_mask is not None:  # text queries, image candidates: each distinct image fused once
+            images, image_index = torch.unique(flat, return_inverse=True)
+            image_tokens = gallery.tokens[images]  # [distinct images, Ni, W]
+            text_tokens = queries.tokens[rows].repeat_interleave(k, dim=0)  # [q * k, Nt, W]
             text_mask = queries.attention_mask[rows].repeat_interleave(k, dim=0)
-            image_tokens, text_tokens = candidate_tokens, query_tokens
-        else:
-            text_mask = gallery.attention_mask[candidates.flatten()]
-            image_tokens, text_tokens = query_tokens, candidate_tokens
-        pooled = self.vtfusion.fuse(image_tokens, text_tokens, text_mask).pooler_output
+        else:  # image queries, text candidates: each query image fused once for all its k candidates
+            image_tokens = queries.tokens[rows]  # [q, Ni, W]
+            image_index = torch.arange(num_queries, device=flat.device).repeat_interleave(k)
+            text_tokens, text_mask = gallery.tokens[flat], gallery.attention_mask[flat]
+        pooled = self.vtfusion.fuse(image_tokens, text_tokens, text_mask, image_index=image_index).pooler_output
         return self.itm_head(pooled).log_softmax(-1)[:, 1].view(num_queries, k)
 
 
