@@ -9,7 +9,6 @@ so on any machine:
 With the package installed, importing `modeling_vtfusion` also registers both tasks with `PIPELINE_REGISTRY`.
 """
 
-import torch
 from transformers import AutoModelForNextSentencePrediction, AutoModelForSequenceClassification
 from transformers.image_utils import load_image
 from transformers.pipelines import PIPELINE_REGISTRY, Pipeline
@@ -85,9 +84,9 @@ class ImageTextClassificationPipeline(Pipeline):
 class ImageTextRetrievalPipeline(Pipeline):
     """
     Ranks a gallery for a query, with a `VTFusionForImageTextRetrieval` checkpoint: images for a text, or texts for an
-    image. Two stages, as ALBEF / BLIP retrieve: the contrastive (ITC) similarity of the query with every gallery
-    item shortlists `num_candidates` items, then the image-text matching (ITM) head reads each shortlisted pair
-    through the fusion module and ranks them by its match probability.
+    image. Two stages, as ALBEF / BLIP retrieve (`VTFusionForImageTextRetrieval.rank`): the contrastive (ITC)
+    similarity of the query with every gallery item shortlists `num_candidates` items, then the image-text matching
+    (ITM) head reads each shortlisted pair through the fusion module and ranks them by its match probability.
 
     Example:
 
@@ -115,8 +114,9 @@ class ImageTextRetrievalPipeline(Pipeline):
             top_k (`int`, *optional*): how many items to return (default: every re-ranked item).
 
         Returns:
-            A list of dicts, best first: `score` (ITM match probability), `itc_score` (cosine similarity of the
-            embeddings), `index` (position in the gallery) and the gallery item itself (`image` or `text`).
+            A list of dicts, best first: `score` (ITM match probability), `itc_score` (the contrastive similarity:
+            cosine times the learned temperature), `index` (position in the gallery) and the gallery item itself
+            (`image` or `text`).
         """
         if isinstance(text, str) and isinstance(images, (list, tuple)):
             query = {"text": text, "images": list(images)}
@@ -148,44 +148,26 @@ class ImageTextRetrievalPipeline(Pipeline):
 
     def _forward(self, model_inputs, num_candidates=16):
         gallery, kind = model_inputs.pop("gallery"), model_inputs.pop("gallery_kind")
-        scores = rank_two_stage(self.model, num_candidates=num_candidates, **model_inputs)
-        return {**scores, "gallery": gallery, "gallery_kind": kind}
+        images = self.model.retrieval_features(pixel_values=model_inputs.pop("pixel_values"))
+        texts = self.model.retrieval_features(**model_inputs)
+        queries, candidates = (texts, images) if kind == "image" else (images, texts)
+        ranking = self.model.rank(queries, candidates, top_k=num_candidates)  # one query: row 0
+        itc_scores = dict(zip(ranking.itc_indices[0].tolist(), ranking.itc_scores[0].tolist()))
+        return {
+            "indices": ranking.indices[0].tolist(),
+            "scores": ranking.scores[0].exp().tolist(),  # ITM log-probabilities -> probabilities
+            "itc_scores": [itc_scores[index] for index in ranking.indices[0].tolist()],
+            "gallery": gallery,
+            "gallery_kind": kind,
+        }
 
     def postprocess(self, model_outputs, top_k=None):
         gallery, kind = model_outputs["gallery"], model_outputs["gallery_kind"]
+        ranked = zip(model_outputs["indices"], model_outputs["scores"], model_outputs["itc_scores"])
         results = [
-            {"score": score.item(), "itc_score": itc.item(), "index": int(index), kind: gallery[int(index)]}
-            for index, score, itc in zip(
-                model_outputs["indices"], model_outputs["itm_scores"], model_outputs["itc_scores"]
-            )
+            {"score": score, "itc_score": itc, "index": index, kind: gallery[index]} for index, score, itc in ranked
         ]
         return results[:top_k]
-
-
-@torch.no_grad()
-def rank_two_stage(model, input_ids, pixel_values, attention_mask=None, token_type_ids=None, num_candidates=16):
-    """One query against a gallery: one text and N images, or one image and N texts.
-
-    Returns `indices` [K] of the K = min(num_candidates, N) ITC-best gallery items ordered by ITM match probability,
-    their `itm_scores` [K] (best first) and `itc_scores` [K] (cosine similarity).
-    """
-    base = model.vtfusion
-    image_tokens, image_pooled, _ = base.encode_image(pixel_values)  # [Ni, L, Hv], [Ni, Hv]
-    text_tokens, text_pooled, _ = base.encode_text(input_ids, attention_mask, token_type_ids)  # [Nt, T, Ht]
-    image_embeds = torch.nn.functional.normalize(base.visual_projection(image_pooled), dim=-1)
-    text_embeds = torch.nn.functional.normalize(base.text_projection(text_pooled), dim=-1)
-    cosine = (text_embeds @ image_embeds.t()).flatten()  # [N]: one query, N gallery items
-    itc_scores, indices = cosine.topk(min(num_candidates, cosine.numel()))
-    if text_tokens.shape[0] == 1:  # text query: pair it with each shortlisted image
-        candidate_images, candidate_texts = image_tokens[indices], text_tokens.expand(len(indices), -1, -1)
-        candidate_mask = None if attention_mask is None else attention_mask.expand(len(indices), -1)
-    else:  # image query: pair each shortlisted text with it
-        candidate_images, candidate_texts = image_tokens.expand(len(indices), -1, -1), text_tokens[indices]
-        candidate_mask = None if attention_mask is None else attention_mask[indices]
-    fused = base.fuse(candidate_images, candidate_texts, candidate_mask)
-    itm_scores = model.itm_head(fused.pooler_output).softmax(-1)[:, 1]  # [K] match probability
-    order = itm_scores.argsort(descending=True)
-    return {"indices": indices[order], "itm_scores": itm_scores[order], "itc_scores": itc_scores[order]}
 
 
 def as_pairs(image, text):
