@@ -934,6 +934,16 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
             "output_attentions": kwargs.get("output_attentions"),
         }
 
+    @staticmethod
+    def _reorder_cache(past_key_values: Cache, beam_idx: torch.LongTensor) -> Cache:
+        """Beam search: reorder the decoder's self-attention cache. Beams move only among the beams of one input, which
+        all hold the same memory keys/values, so the cross-attention cache is left as it is instead of copied."""
+        if isinstance(past_key_values, EncoderDecoderCache):
+            past_key_values.self_attention_cache.reorder_cache(beam_idx)
+        else:
+            past_key_values.reorder_cache(beam_idx)
+        return past_key_values
+
 
 class VTFusionForPreTraining(ImageTextMatchingMixin, VTFusionPreTrainedModel):
     """ITC + ITM (hard negatives) + captioning LM in one forward; the image is encoded once and reused by all three."""
