@@ -60,15 +60,6 @@ def colour_batches(processor):
     return batches
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; two threads on a busy two-core machine spin-wait, 20x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def processor():
     """A fixed word-level vocabulary (a trained WordPiece numbers tokens differently from run to run, and so would
