@@ -31,6 +31,15 @@ def write_colour_images(image_dir) -> dict[str, str]:
     return paths
 
 
+def decoder_prefix(generator, prefix: str = "a blue"):
+    """[1, T] decoder ids: the decoder's start token, then `prefix`: the start of a caption the model continues."""
+    import torch
+
+    tokenizer = generator.processor.tokenizer
+    ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    return torch.tensor([[generator.model.config.decoder_start_token_id, *ids]])
+
+
 def run_pipelines(folder: str, image_dir: str, trust_remote_code: bool | None = None) -> dict:
     """Runs zero-shot classification, image feature extraction, captioning / VQA, image-text classification and
     image-text retrieval on `folder`. Built-in tasks get `trust_remote_code`; the custom ones always need it."""
@@ -64,6 +73,9 @@ def run_pipelines(folder: str, image_dir: str, trust_remote_code: bool | None = 
         "one_token_answers": generate(images, text=[QUESTION] * len(images), max_new_tokens=1, return_full_text=False),
         "full_text": generate(images[0], text=QUESTION),
         "mixed": generate(images, text=["", QUESTION, ""], return_full_text=False),
+        "prefixed_caption": generate(
+            images[0], text="", generate_kwargs={"decoder_input_ids": decoder_prefix(generate)}
+        ),
         "true_statements": classify(images, text=captions),
         "false_statements": classify(images, text=wrong_captions),
         "top_1_statement": classify({"image": images[0], "text": captions[0]}, top_k=1),

@@ -153,6 +153,12 @@ def test_a_batch_may_mix_captioning_and_questions(results):
     assert texts == [CAPTIONS["red"], "green", CAPTIONS["blue"]]
 
 
+def test_a_decoder_prefix_is_continued_into_a_caption(results):
+    (entry,) = results["prefixed_caption"]  # the red image, captioned from "a blue"
+    assert entry["generated_text"].startswith("a blue ")
+    assert len(entry["generated_text"].split()) == 3
+
+
 def test_image_text_classification_scores_every_label_and_ranks_them(results):
     for rankings, expected in ((results["true_statements"], "true"), (results["false_statements"], "false")):
         for ranking in rankings:
