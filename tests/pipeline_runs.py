@@ -78,6 +78,7 @@ def run_pipelines(folder: str, image_dir: str, trust_remote_code: bool | None = 
         ),
         "true_statements": classify(images, text=captions),
         "false_statements": classify(images, text=wrong_captions),
+        "true_statements_batch_of_3": classify(images, text=captions, batch_size=3),
         "top_1_statement": classify({"image": images[0], "text": captions[0]}, top_k=1),
         "images_for_text": retrieve([paths[c] for c in colours], text=CAPTIONS["blue"]),
         "texts_for_image": retrieve(images[1], text=captions),

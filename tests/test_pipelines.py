@@ -169,6 +169,12 @@ def test_image_text_classification_scores_every_label_and_ranks_them(results):
     assert [entry["label"] for entry in results["top_1_statement"]] == ["true"]
 
 
+def test_image_text_classification_batches_give_the_scores_of_single_pairs(results):
+    for batched, single in zip(results["true_statements_batch_of_3"], results["true_statements"]):
+        assert [entry["label"] for entry in batched] == [entry["label"] for entry in single]
+        assert [entry["score"] for entry in batched] == pytest.approx([entry["score"] for entry in single], abs=1e-5)
+
+
 def test_retrieval_ranks_a_gallery_of_images_for_a_text(results):
     ranking = results["images_for_text"]
     scores = [entry["score"] for entry in ranking]
