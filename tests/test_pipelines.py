@@ -16,7 +16,7 @@ import pytest
 import torch
 from pipeline_runs import CAPTIONS, CLASS_NAMES, COLOURS, QUESTION, colour_image, run_pipelines
 from tiny_models import TINY_TEXT, tiny_config
-from transformers import BertTokenizer, ViTImageProcessorPil
+from transformers import BertTokenizer, ViTImageProcessorPil, pipeline
 
 from modeling_vtfusion import ImageTextClassificationPipeline, VTFusionForSequenceClassification, VTFusionProcessor
 from modeling_vtfusion.modeling_vtfusion import caption_labels
@@ -203,10 +203,11 @@ def test_checkpoint_names_both_custom_pipelines_and_carries_their_code(checkpoin
     assert (checkpoint / "pipelines.py").read_text() == (TESTS.parent / "modeling_vtfusion/pipelines.py").read_text()
 
 
-def test_custom_pipeline_class_runs_on_a_model_in_memory(processor):
+def test_registered_custom_task_runs_on_a_model_in_memory(processor):
     text_config = dict(TINY_TEXT, vocab_size=len(VOCAB))
     model = VTFusionForSequenceClassification(tiny_config(text_config=text_config, id2label=CLASS_NAMES)).eval()
-    classifier = ImageTextClassificationPipeline(model=model, processor=processor)
+    classifier = pipeline("image-text-classification", model=model, processor=processor)  # PIPELINE_REGISTRY
+    assert type(classifier) is ImageTextClassificationPipeline
     ranking = classifier(colour_image("red"), text=CAPTIONS["red"], function_to_apply="sigmoid")
     assert {entry["label"] for entry in ranking} == {"true", "false"}
     assert all(0 < entry["score"] < 1 for entry in ranking)
