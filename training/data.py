@@ -131,15 +131,16 @@ def class_names(dataset: AnyDataset, data_args: DataArguments) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def corpus_columns(task: str, dataset: AnyDataset, data_args: DataArguments) -> list[str]:
-    """Every text column a task reads or generates, plus SynthShapes' paraphrases when present."""
-    names = [data_args.text_column]
-    if task in ("vqa", "multitask"):
-        names += [data_args.question_column, data_args.answer_column]
-    if task == "multitask":
-        names += [data_args.statement_column]
-    if task in ("pretrain", "captioning", "multitask"):
-        names += [data_args.references_column]
+def corpus_columns(dataset: AnyDataset, data_args: DataArguments) -> list[str]:
+    """Every configured text column the data set has, whatever the task: a tokenizer trained for pre-training then
+    also knows the words of the questions, answers and statements a fine-tuning stage adds."""
+    names = [
+        data_args.text_column,
+        data_args.references_column,
+        data_args.question_column,
+        data_args.answer_column,
+        data_args.statement_column,
+    ]
     existing = column_names(dataset)
     return list(dict.fromkeys(name for name in names if name in existing))
 

@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 import datasets
 import torch
@@ -33,7 +34,7 @@ from transformers import (
     ViTImageProcessorPil,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
 
 from modeling_vtfusion import (
     FUSION_TYPES,
@@ -147,6 +148,13 @@ def setup_logging(training_args: TrainingArguments) -> None:
     transformers.utils.logging.enable_explicit_format()
 
 
+def use_cpu_without_accelerator() -> None:
+    """Under `accelerate launch --multi_gpu` (torchrun) on a machine without GPUs, train the processes on the CPU over
+    gloo: accelerate only sets up a CPU process group when told to use the CPU before `TrainingArguments` exists."""
+    if int(os.environ.get("LOCAL_RANK", -1)) != -1 and not torch.accelerator.is_available():
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+
+
 def configure_threads() -> None:
     """Split the CPU cores between the processes of this machine, unless OMP_NUM_THREADS says otherwise."""
     if "OMP_NUM_THREADS" not in os.environ:
@@ -155,27 +163,39 @@ def configure_threads() -> None:
 
 
 def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
-    """`--resume_from_checkpoint PATH`, or `latest` / `true` for the last checkpoint in --output_dir."""
+    """`--resume_from_checkpoint PATH`, or `latest` for the newest complete checkpoint in --output_dir."""
     checkpoint = training_args.resume_from_checkpoint
-    if checkpoint is None or checkpoint.lower() not in ("latest", "true", "last"):
+    if checkpoint is None or checkpoint.lower() not in ("latest", "last", "true"):
         return checkpoint
-    last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+    last = last_complete_checkpoint(training_args.output_dir)
     if last is None:
-        raise ValueError(
-            f"--resume_from_checkpoint {checkpoint}: no checkpoint-* folder in {training_args.output_dir}."
-        )
+        raise ValueError(f"--resume_from_checkpoint {checkpoint}: no checkpoint in {training_args.output_dir}.")
     return last
 
 
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest `checkpoint-N` folder holding `trainer_state.json`, which `Trainer` writes last: a run killed while
+    saving leaves a newer folder without it, which is skipped."""
+    folders = [path for path in Path(output_dir).glob("checkpoint-*") if path.name.split("-")[-1].isdigit()]
+    complete = [path for path in folders if (path / TRAINER_STATE_NAME).is_file()]
+    for skipped in set(folders) - set(complete):
+        logger.warning(f"Skipping {skipped}: incomplete (the run stopped while saving it).")
+    return str(max(complete, key=lambda path: int(path.name.split("-")[-1]))) if complete else None
+
+
 def parse_overrides(text: str | None) -> dict:
-    """'a=1,b=0.5,c=late' -> {'a': 1, 'b': 0.5, 'c': 'late'}."""
+    """'a=1,b=0.5,c=late' -> {'a': 1, 'b': 0.5, 'c': 'late'}; integers become floats for float fields (the config
+    is a strict dataclass)."""
     overrides = {}
     for item in filter(None, (text or "").split(",")):
-        key, _, value = item.partition("=")
+        key, _, value = (part.strip() for part in item.partition("="))
         try:
-            overrides[key.strip()] = ast.literal_eval(value.strip())
+            value = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            overrides[key.strip()] = value.strip()
+            pass  # a plain string
+        if isinstance(getattr(VTFusionConfig, key, None), float) and isinstance(value, int):
+            value = float(value)
+        overrides[key] = value
     return overrides
 
 
@@ -216,13 +236,13 @@ def scratch_config(model_args: ModelArguments, data_args: DataArguments, tokeniz
     )
 
 
-def scratch_processor(task, train_split, model_args, data_args, training_args) -> VTFusionProcessor:
+def scratch_processor(train_split, model_args, data_args, training_args) -> VTFusionProcessor:
     """The local main process trains the tokenizer and saves the processor in --output_dir; the others load it
     (WordPiece training may number tokens differently from run to run)."""
     with training_args.main_process_first(desc="training the tokenizer"):
         if training_args.local_process_index > 0:
             return VTFusionProcessor.from_pretrained(training_args.output_dir)
-        texts = corpus_texts(train_split, corpus_columns(task, train_split, data_args))
+        texts = corpus_texts(train_split, corpus_columns(train_split, data_args))
         tokenizer = train_wordpiece_tokenizer(
             texts, model_args.tokenizer_vocab_size, model_max_length=data_args.max_length
         )
@@ -257,7 +277,7 @@ def build_model_and_processor(task, train_split, model_args, data_args, training
             **kwargs,
         )
         return model, VTFusionProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    processor = scratch_processor(task, train_split, model_args, data_args, training_args)
+    processor = scratch_processor(train_split, model_args, data_args, training_args)
     return head(scratch_config(model_args, data_args, processor.tokenizer, **kwargs)), processor
 
 
@@ -328,6 +348,7 @@ def evaluate_on_test(task, model_dir, processor, test_split, data_args, eval_arg
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Runs the command line `argv` (default: `sys.argv`); returns the train, eval and `test_*` metrics."""
+    use_cpu_without_accelerator()
     model_args, data_args, eval_args, training_args = parse_args(argv)
     check_args(model_args, data_args, training_args)
     training_args.remove_unused_columns = False  # the on-the-fly transform needs the raw columns

@@ -1,0 +1,217 @@
+"""The training entry point, end to end on a 64-scene SynthShapes with tiny models: every task trains and saves a
+checkpoint its head loads, the test-split metrics come out, two processes train under `accelerate launch`, a run
+killed mid-training resumes to the result of an uninterrupted one, and bad column names fail with the columns."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from accelerate.commands.config.config_args import load_config_from_file
+
+from modeling_vtfusion import (
+    VTFusionForConditionalGeneration,
+    VTFusionForImageTextRetrieval,
+    VTFusionForPreTraining,
+    VTFusionForSequenceClassification,
+    VTFusionModel,
+    VTFusionProcessor,
+)
+from training import fusion_study, main_job, train
+from training.synthshapes import write_imagefolder
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = [
+    "--hidden_size=32",
+    "--num_hidden_layers=1",
+    "--num_attention_heads=2",
+    "--num_fusion_layers=1",
+    "--decoder_num_hidden_layers=1",
+    "--projection_dim=16",
+    "--image_size=32",
+    "--tokenizer_vocab_size=200",
+]
+QUIET = ["--report_to=none", "--disable_tqdm=true", "--dataloader_pin_memory=false", "--log_level=warning"]
+HEADS = {
+    "pretrain": VTFusionForPreTraining,
+    "retrieval": VTFusionForImageTextRetrieval,
+    "classification": VTFusionForSequenceClassification,
+    "captioning": VTFusionForConditionalGeneration,
+    "vqa": VTFusionForConditionalGeneration,
+}
+
+
+@pytest.fixture(scope="module")
+def synthshapes(tmp_path_factory) -> Path:
+    """64 scenes: 51 train, 7 validation, 6 test."""
+    return write_imagefolder(tmp_path_factory.mktemp("data") / "synthshapes", num_scenes=64, seed=0)
+
+
+def run_args(synthshapes: Path, output_dir: Path, task: str, *extra: str) -> list[str]:
+    return [
+        f"--task={task}",
+        f"--output_dir={output_dir}",
+        f"--synthshapes_dir={synthshapes}",
+        "--synthshapes_num_scenes=64",
+        "--per_device_train_batch_size=8",
+        "--save_strategy=no",
+        *TINY_MODEL,
+        *QUIET,
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def multitask_run(synthshapes, tmp_path_factory) -> tuple[Path, dict]:
+    output_dir = tmp_path_factory.mktemp("multitask")
+    args = ["--do_train", "--do_predict", "--max_steps=2", "--max_test_samples=6", "--generation_max_new_tokens=6"]
+    return output_dir, train.main(run_args(synthshapes, output_dir, "multitask", *args))
+
+
+def assert_hub_ready(output_dir: Path) -> None:
+    config = json.loads((output_dir / "config.json").read_text())
+    assert {"AutoConfig", "AutoModel", "AutoProcessor", "AutoModelForImageTextToText"} <= set(config["auto_map"])
+    for name in ("model.safetensors", "modeling_vtfusion.py", "configuration_vtfusion.py", "processing_vtfusion.py"):
+        assert (output_dir / name).is_file(), name
+    assert VTFusionProcessor.from_pretrained(output_dir).tokenizer.vocab_size == config["text_config"]["vocab_size"]
+
+
+def assert_loads_without_missing_weights(head, output_dir: Path) -> None:
+    _, info = head.from_pretrained(output_dir, output_loading_info=True)
+    assert info["missing_keys"] == set() or info["missing_keys"] == []
+
+
+@pytest.mark.parametrize("task", list(HEADS))
+def test_task_trains_and_saves_a_checkpoint_its_head_loads(task, synthshapes, tmp_path):
+    metrics = train.main(run_args(synthshapes, tmp_path, task, "--do_train", "--max_steps=2"))
+
+    assert math.isfinite(metrics["train_loss"])
+    assert_hub_ready(tmp_path)
+    assert_loads_without_missing_weights(HEADS[task], tmp_path)
+
+
+def test_multitask_checkpoint_serves_every_head(multitask_run):
+    output_dir, _ = multitask_run
+
+    assert_hub_ready(output_dir)
+    for head in (*HEADS.values(), VTFusionModel):
+        assert_loads_without_missing_weights(head, output_dir)
+
+
+def test_multitask_reports_every_test_metric(multitask_run):
+    _, metrics = multitask_run
+    names = ["retrieval_t2i_r1", "retrieval_i2t_r1", "retrieval_t2i_r1_canonical", "vqa_accuracy", "bleu4", "rouge_l"]
+    names += ["classification_accuracy", "classification_macro_f1", "classification_relational_accuracy"]
+
+    for name in names:
+        assert 0.0 <= metrics[f"test_{name}"] <= 1.0, name
+    assert metrics["test_cider"] >= 0.0
+
+
+def test_streaming_trains_for_max_steps(synthshapes, tmp_path):
+    train.main(run_args(synthshapes, tmp_path, "pretrain", "--do_train", "--streaming", "--max_steps=2"))
+
+    assert json.loads((tmp_path / "trainer_state.json").read_text())["global_step"] == 2
+
+
+def test_streaming_without_max_steps_is_refused(synthshapes, tmp_path):
+    with pytest.raises(ValueError, match="--max_steps"):
+        train.main(run_args(synthshapes, tmp_path, "pretrain", "--do_train", "--streaming"))
+
+
+def test_wrong_column_name_lists_the_columns(synthshapes, tmp_path):
+    with pytest.raises(ValueError, match=r"--text_column 'descr' is not a column.*caption.*statement"):
+        train.main(run_args(synthshapes, tmp_path, "classification", "--do_train", "--text_column=descr"))
+
+
+def test_main_job_writes_results_and_a_hub_ready_folder(synthshapes, tmp_path):
+    output_dir = tmp_path / "demo"
+    results = main_job.main(
+        [
+            f"--output_dir={output_dir}",
+            f"--synthshapes_dir={synthshapes}",
+            "--num_scenes=64",
+            "--pretrain_steps=1",
+            "--finetune_steps=1",
+            "--batch_size=8",
+            "--hidden_size=32",
+            "--num_hidden_layers=1",
+            "--image_size=32",
+            "--test_samples=6",
+            "--extra",
+            *TINY_MODEL[3:],
+            *QUIET,
+            "--generation_max_new_tokens=4",
+        ]
+    )
+
+    assert set(main_job.HEADLINE) | {"wall_time_s"} <= set(results)
+    assert json.loads((output_dir / "results.json").read_text()) == results
+    assert_hub_ready(output_dir)
+
+
+def test_fusion_study_writes_table_and_chart(tmp_path):
+    metrics = dict.fromkeys(fusion_study.COLUMNS, 0.5) | {"wall_time_s": 1.0}
+    results = {"cross_attention": metrics, "late": metrics | {"entailment_relational_accuracy": 0.25}}
+
+    table = fusion_study.markdown_table(results)
+    fusion_study.bar_chart(results, tmp_path / "chart.png")
+
+    assert table.splitlines()[3].startswith("| late |") and "0.250" in table.splitlines()[3]
+    assert (tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("config", sorted((REPO_ROOT / "training" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_accelerate_config_is_valid(config):
+    assert load_config_from_file(str(config)).num_processes >= 2
+
+
+def subprocess_env() -> dict:
+    return os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def test_accelerate_launch_trains_on_two_processes(synthshapes, tmp_path):
+    config = REPO_ROOT / "training" / "configs" / "cpu_2proc.yaml"
+    args = run_args(synthshapes, tmp_path, "retrieval", "--do_train", "--max_steps=2", "--log_level=info")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    command += ["--main_process_port", "29517", "-m", "training.train", *args]
+
+    done = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 16" in done.stdout + done.stderr
+    assert (tmp_path / "model.safetensors").is_file()
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def test_run_killed_mid_training_resumes_to_the_uninterrupted_result(synthshapes, tmp_path):
+    def args(output_dir, *extra):
+        steps = ["--do_train", "--do_eval", "--max_steps=24", "--save_strategy=steps", "--save_steps=4"]
+        return run_args(synthshapes, output_dir, "classification", *steps, *extra)
+
+    reference = train.main(args(tmp_path / "reference"))
+    killed_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "training.train", *args(killed_dir)]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL)
+    wait_for(killed_dir / "checkpoint-8" / "trainer_state.json", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed_dir / "model.safetensors").exists()  # it never reached the end
+
+    resumed = train.main(args(killed_dir, "--resume_from_checkpoint=latest"))
+
+    assert json.loads((killed_dir / "trainer_state.json").read_text())["global_step"] == 24
+    assert resumed["eval_loss"] == pytest.approx(reference["eval_loss"], abs=0.02)
