@@ -344,8 +344,8 @@ class VTFusionModel(VTFusionPreTrainedModel):
         check_pixel_values(pixel_values)
         outputs = self.vision_model(pixel_values=pixel_values, output_hidden_states=output_hidden_states)
         tokens = outputs.last_hidden_state
-        if tokens.ndim == 4:  # CNN feature map [B, C, h, w] -> [B, h*w, C]
-            tokens = tokens.flatten(2).transpose(1, 2)
+        if tokens.ndim == 4:  # CNN feature map [B, C, h, w] -> [B, h*w, C], with the positions ViTs embed themselves
+            tokens = (tokens + sincos_position_grid(*tokens.shape[1:], tokens)).flatten(2).transpose(1, 2)
         pooled = getattr(outputs, "pooler_output", None)
         pooled = tokens[:, 0] if pooled is None else pooled.flatten(1)  # [CLS] of ViT-like encoders
         return tokens, pooled, outputs
@@ -1029,6 +1029,23 @@ def caption_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor | None)
     if attention_mask is not None:
         labels = labels.masked_fill(attention_mask[:, 1:] == 0, -100)
     return labels
+
+
+def sincos_position_grid(channels: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """2D sin-cos position encoding [C, h, w] (as in MAE / DETR): half the channels encode the row, half the column.
+
+    Flattened CNN features carry no position, so attention over them could not tell left from right; this tells the
+    fusion layers where each token is, for any feature-map size, with no parameters.
+    """
+    quarter = channels // 4
+    frequencies = 1.0 / (10000 ** (torch.arange(quarter, device=like.device, dtype=like.dtype) / max(quarter, 1)))
+    rows = torch.arange(height, device=like.device, dtype=like.dtype)[:, None] * frequencies  # [h, C/4]
+    cols = torch.arange(width, device=like.device, dtype=like.dtype)[:, None] * frequencies  # [w, C/4]
+    row_code = torch.cat([rows.sin(), rows.cos()], dim=-1)[:, None, :].expand(height, width, -1)
+    col_code = torch.cat([cols.sin(), cols.cos()], dim=-1)[None, :, :].expand(height, width, -1)
+    grid = torch.cat([row_code, col_code], dim=-1)  # [h, w, 4 * (C // 4)]
+    grid = F.pad(grid, (0, channels - grid.shape[-1]))
+    return grid.permute(2, 0, 1)
 
 
 def check_pixel_values(pixel_values: torch.Tensor) -> None:

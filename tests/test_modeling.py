@@ -4,6 +4,7 @@ import pytest
 import torch
 from tiny_models import TINY_TEXT, TINY_VISION, random_batch, tiny_config
 from transformers import AutoModel, BertConfig, BertModel, ConvNextConfig, ResNetConfig, ViTConfig, ViTModel
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from modeling_vtfusion import (
     FUSION_TYPES,
@@ -288,3 +289,27 @@ def test_base_model_loads_from_a_head_checkpoint(tmp_path):
     batch = random_batch()
     with torch.no_grad():
         torch.testing.assert_close(base(**batch).logits_per_text, head.vtfusion(**batch).logits_per_text)
+
+
+def test_cnn_tokens_carry_distinct_2d_positions():
+    from modeling_vtfusion.modeling_vtfusion import sincos_position_grid
+
+    grid = sincos_position_grid(32, 4, 5, torch.zeros(1))
+    assert grid.shape == (32, 4, 5)
+    codes = grid.flatten(1).t()  # [positions, channels]
+    assert torch.cdist(codes, codes).add(torch.eye(20) * 1e3).min() > 0.1, "two positions share a code"
+
+
+def test_cnn_image_tokens_of_a_mirrored_scene_are_not_a_permutation():
+    """Attention is permutation-invariant over its keys: without positions, fusion could not tell left from right."""
+    config = tiny_config(vision_config=ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1]).to_dict())
+    model = VTFusionModel(config).eval()
+    features = torch.randn(1, 32, 2, 2)
+
+    def image_tokens(feature_map):  # [1, 4, 32], row-major over the 2x2 map
+        model.vision_model.forward = lambda **_: BaseModelOutputWithPooling(last_hidden_state=feature_map)
+        return model.encode_image(torch.zeros(1, 3, 32, 32))[0]
+
+    mirror = [1, 0, 3, 2]  # token i of the mirrored map holds the features of token mirror[i]
+    original, mirrored = image_tokens(features), image_tokens(features.flip(-1))
+    assert not torch.allclose(mirrored, original[:, mirror], atol=1e-3)
