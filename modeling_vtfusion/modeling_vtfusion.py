@@ -447,37 +447,41 @@ class VTFusionModel(VTFusionPreTrainedModel):
         if input_ids is None and pixel_values is None:
             raise ValueError("VTFusionModel needs pixel_values, input_ids or both; got neither.")
         output_hidden_states = bool(output_hidden_states)
-        out = VTFusionOutput()
+        out = {}  # fields of VTFusionOutput, which orders them by declaration (image_embeds first when alone)
         if pixel_values is not None:
-            image_tokens, image_pooled, out.vision_model_output = self.encode_image(pixel_values, output_hidden_states)
-            out.image_embeds = F.normalize(self.visual_projection(image_pooled), dim=-1)
+            image_tokens, image_pooled, out["vision_model_output"] = self.encode_image(
+                pixel_values, output_hidden_states
+            )
+            out["image_embeds"] = F.normalize(self.visual_projection(image_pooled), dim=-1)
         if input_ids is not None:
-            text_tokens, text_pooled, out.text_model_output = self.encode_text(
+            text_tokens, text_pooled, out["text_model_output"] = self.encode_text(
                 input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states=output_hidden_states
             )
-            out.text_embeds = F.normalize(self.text_projection(text_pooled), dim=-1)
+            out["text_embeds"] = F.normalize(self.text_projection(text_pooled), dim=-1)
         if pixel_values is None or input_ids is None:
-            return in_field_order(out)
+            return VTFusionOutput(**out)
 
-        out.logits_per_text = self.similarity(out.image_embeds, out.text_embeds)
-        out.logits_per_image = out.logits_per_text.t()
+        logits_per_text = self.similarity(out["image_embeds"], out["text_embeds"])
+        out.update(logits_per_text=logits_per_text, logits_per_image=logits_per_text.t())
         if return_loss:
             if pixel_values.shape[0] != input_ids.shape[0]:
                 raise ValueError(
                     f"return_loss=True needs paired inputs, got {pixel_values.shape[0]} images and "
                     f"{input_ids.shape[0]} texts."
                 )
-            out.loss = contrastive_loss(out.logits_per_text, self.config.label_smoothing)
+            out["loss"] = contrastive_loss(logits_per_text, self.config.label_smoothing)
         if skip_fusion is None:
             skip_fusion = bool(return_loss)
         if not skip_fusion and pixel_values.shape[0] == input_ids.shape[0]:
             fused = self.fuse(image_tokens, text_tokens, attention_mask, bool(output_attentions), output_hidden_states)
-            out.fused_last_hidden_state = fused.last_hidden_state
-            out.fused_attention_mask = fused.attention_mask
-            out.fused_pooler_output = fused.pooler_output
-            out.cross_attentions = fused.cross_attentions
-            out.fusion_hidden_states = fused.hidden_states
-        return in_field_order(out)
+            out.update(
+                fused_last_hidden_state=fused.last_hidden_state,
+                fused_attention_mask=fused.attention_mask,
+                fused_pooler_output=fused.pooler_output,
+                cross_attentions=fused.cross_attentions,
+                fusion_hidden_states=fused.hidden_states,
+            )
+        return VTFusionOutput(**out)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1006,12 +1010,6 @@ class VTFusionForPreTraining(ImageTextMatchingMixin, VTFusionPreTrainedModel):
             itm_logits=itm_logits,
             lm_logits=lm_logits,
         )
-
-
-def in_field_order(output: ModelOutput) -> ModelOutput:
-    """The same output with its keys in declaration order, whatever order they were set in: `output[0]` and
-    `to_tuple()` then follow the dataclass (e.g. `image_embeds` first for an image-only call, as pipelines read it)."""
-    return type(output)(**output)
 
 
 def has_words(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, config) -> torch.Tensor:
