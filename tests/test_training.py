@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from accelerate.commands.config.config_args import load_config_from_file
 
 from modeling_vtfusion import (
@@ -45,6 +46,18 @@ HEADS = {
     "captioning": VTFusionForConditionalGeneration,
     "vqa": VTFusionForConditionalGeneration,
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and `train.main` keeps it (it splits the cores only without
+    OMP_NUM_THREADS): spinning OpenMP threads on a shared CPU cost ~10 ms per tiny matmul (a 3 s test took 65 s)."""
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

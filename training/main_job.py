@@ -118,14 +118,17 @@ def collect_results(metrics: dict[str, float], wall_time_s: float) -> dict[str, 
     """The test metrics under their results.json names, headline metrics first, then the wall time."""
     test = {RENAMES.get(name[5:], name[5:]): value for name, value in metrics.items() if name.startswith("test_")}
     ordered = {name: test[name] for name in HEADLINE if name in test}
-    ordered |= {name: test[name] for name in sorted(test) if name not in ordered}
+    ordered |= {name: test[name] for name in sorted(test) if name not in ordered and not name.endswith("_runtime")}
+    ordered |= {name: test[name] for name in sorted(test) if name.endswith("_runtime")}
     return ordered | {"wall_time_s": round(wall_time_s, 1)}
 
 
 def markdown_table(results: dict[str, float]) -> str:
-    rows = [
-        f"| {name} | {value:.4f} |" if name != "wall_time_s" else f"| {name} | {value:.0f} |"
-        for name, value in results.items()
+    """One row per metric; times (wall time, per-task evaluation time) in whole seconds, last."""
+    is_time = [name.endswith(("_runtime", "_s")) for name in results]
+    rows = [f"| {name} | {value:.4f} |" for (name, value), t in zip(results.items(), is_time) if not t]
+    rows += [
+        f"| {name.removesuffix('_s')} (s) | {value:.0f} |" for (name, value), t in zip(results.items(), is_time) if t
     ]
     return "\n".join(["| metric (test split) | value |", "| --- | ---: |", *rows])
 

@@ -19,6 +19,7 @@ import ast
 import logging
 import os
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -288,6 +289,7 @@ def evaluate_on_test(task, model_dir, processor, test_split, data_args, eval_arg
     generation = {"max_new_tokens": eval_args.generation_max_new_tokens, "num_beams": eval_args.generation_num_beams}
     image_column = data_args.image_column
     for kind in TASK_EVALUATIONS[task]:
+        start = time.perf_counter()
         if kind == "retrieval":
             model = VTFusionModel.from_pretrained(model_dir).to(device)
             results |= evaluation.evaluate_retrieval(
@@ -343,6 +345,7 @@ def evaluate_on_test(task, model_dir, processor, test_split, data_args, eval_arg
                 eval_args.max_test_samples,
                 **common,
             )
+        results[f"{kind}_runtime"] = round(time.perf_counter() - start, 2)  # seconds, as Trainer's eval_runtime
     return results
 
 
