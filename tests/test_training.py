@@ -5,6 +5,7 @@ killed mid-training resumes to the result of an uninterrupted one, and bad colum
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,6 +126,19 @@ def test_multitask_reports_every_test_metric(multitask_run):
     for name in names:
         assert 0.0 <= metrics[f"test_{name}"] <= 1.0, name
     assert metrics["test_cider"] >= 0.0
+
+
+def test_local_folder_with_a_corrupt_image_trains(synthshapes, tmp_path):
+    folder = tmp_path / "my_data"
+    shutil.copytree(synthshapes, folder)
+    first_image = sorted((folder / "train").glob("*.png"))[0]
+    first_image.write_bytes(b"not a png")
+    args = run_args(synthshapes, tmp_path / "run", "classification", "--do_train", "--max_steps=5")
+
+    metrics = train.main([*args, f"--dataset_name={folder}", "--per_device_train_batch_size=10"])
+
+    # 50 readable rows of 51 make 5 batches of 10: one epoch (51 rows would make 6)
+    assert metrics["epoch"] == pytest.approx(1.0)
 
 
 def test_streaming_trains_for_max_steps(synthshapes, tmp_path):

@@ -101,6 +101,12 @@ class DataArguments:
     class_names: list[str] | None = field(
         default=None, metadata={"help": "Class names (classification); default: the label feature's, or 0..N-1."}
     )
+    skip_unreadable_images: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Drop rows whose image is missing or corrupt (default: for --dataset_name, not SynthShapes)."
+        },
+    )
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: str = field(default="validation", metadata={"help": "Split for the evaluation loss (--do_eval)."})
     test_split: str = field(default="test", metadata={"help": "Split for the task metrics (--do_predict)."})

@@ -63,6 +63,7 @@ from training.data import (
     prepare_dataset,
     resolve_text_column,
 )
+from training.data_checks import check_finite_loss, drop_unreadable_images
 from training.multitask import VTFusionForMultitask
 from training.tokenizer import train_wordpiece_tokenizer
 
@@ -99,6 +100,8 @@ class VTFusionTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if model.training:
+            check_finite_loss(loss, self.state.global_step)
         if model.training and isinstance(outputs, dict):
             for name, value in outputs.items():
                 if name.endswith("_loss") and value is not None:
@@ -282,6 +285,16 @@ def build_model_and_processor(task, train_split, model_args, data_args, training
     return head(scratch_config(model_args, data_args, processor.tokenizer, **kwargs)), processor
 
 
+def readable_split(raw_datasets, split: str, data_args: DataArguments):
+    """A split, without the rows whose image is missing or corrupt when --skip_unreadable_images (default: for a
+    user's --dataset_name; generated SynthShapes needs no check)."""
+    dataset = get_split(raw_datasets, split)
+    skip = data_args.skip_unreadable_images
+    if skip or (skip is None and data_args.dataset_name is not None):
+        dataset, _ = drop_unreadable_images(dataset, data_args.image_column)
+    return dataset
+
+
 def evaluate_on_test(task, model_dir, processor, test_split, data_args, eval_args, device) -> dict[str, float]:
     """The task's metrics on the test split; each metric uses the head class it needs, loaded from `model_dir`."""
     results = {}
@@ -363,8 +376,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     raw_datasets = load_raw_datasets(data_args, training_args.main_process_first)
     resolve_text_column(task, data_args)
-    train_split = get_split(raw_datasets, data_args.train_split)
-    check_columns(train_split, task, data_args)
+    check_columns(get_split(raw_datasets, data_args.train_split), task, data_args)
+    train_split = readable_split(raw_datasets, data_args.train_split, data_args)
     checkpoint = resolve_checkpoint(training_args)
     model, processor = build_model_and_processor(task, train_split, model_args, data_args, training_args, checkpoint)
     logger.info(f"{type(model).__name__} ({model.config.fusion_type}): {model.num_parameters() / 1e6:.2f}M parameters")
@@ -376,7 +389,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             limit(train_split, data_args.max_train_samples), transform, training_args.seed, data_args
         )
     if training_args.do_eval:
-        eval_split = get_split(raw_datasets, data_args.eval_split)
+        eval_split = readable_split(raw_datasets, data_args.eval_split, data_args)
         transform = build_transform(task, processor, data_args, seed=training_args.seed + 1)
         eval_dataset = prepare_dataset(limit(eval_split, data_args.max_eval_samples), transform, None, data_args)
 
@@ -405,7 +418,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model_dir = training_args.output_dir if training_args.do_train else model_args.model_name_or_path
         if model_dir is None:
             raise ValueError("--do_predict without --do_train needs --model_name_or_path (the model to evaluate).")
-        test_split = get_split(raw_datasets, data_args.test_split)
+        test_split = readable_split(raw_datasets, data_args.test_split, data_args)
         test_metrics = evaluate_on_test(
             task, model_dir, processor, test_split, data_args, eval_args, training_args.device
         )
