@@ -5,8 +5,9 @@ dropout anywhere (CLIP's and BLIP's defaults). How the fusion and decoder depths
 
 - ITM: BLIP runs its 4-layer text encoder, with cross-attention in every layer, on the 3B fused pairs. vtfusion runs
   its 4-layer text encoder (no cross-attention) on the B texts, then `NUM_FUSION_LAYERS` cross-attention layers on
-  the 3B pairs. With 3 fusion layers the two ITM steps need the same matmul FLOPs (36.1 vs 37.7 GFLOP per step of
-  16, counted with FlopCounterMode), and vtfusion's step also computes the ITC loss.
+  the 3B pairs. With 3 fusion layers, and every pair computing its own image keys/values as BLIP's do, the two ITM
+  steps need the same matmul FLOPs (36.1 vs 37.7 GFLOP per step of 16, counted with FlopCounterMode), vtfusion's
+  including the ITC loss. vtfusion computes each image's keys/values once for all its pairs: 32.9 GFLOP.
 - Captioning: BLIP's text decoder has 4 layers, each with cross-attention to the image tokens; vtfusion's decoder has
   `NUM_DECODER_LAYERS` = 4 such layers.
 """

@@ -2,6 +2,8 @@
 
     python -m benchmarks.run [--threads N] [--rounds R] [--gallery-sizes 1000 10000] [--no-compile]
 
+Threads: all cores unless a quick probe finds one thread faster (cores busy with other work); `--threads` forces.
+
 Every row compares vtfusion with a peer built from transformers in this process (sizes in `benchmarks/models.py`);
 `ratio` > 1 means vtfusion is better (faster, or less memory). Timings interleave vtfusion and its peer, one call
 of each per round, and report medians over the rounds, so that load on a shared machine hits both alike.
@@ -25,6 +27,7 @@ from .workloads import OBJECTIVES, TrainStep, caption_generator
 
 
 RESULTS_PATH = Path(__file__).with_name("results.json")
+CORES = torch.get_num_threads()  # torch's default: one thread per core
 GENERATE_IMAGES, GENERATE_TOKENS = 8, 20
 PEER_NAMES = {"itc": "CLIP", "itm": "BLIP ITM", "caption": "BLIP captioning"}
 
@@ -86,7 +89,8 @@ def memory_rows(training: dict) -> list[dict]:
 
 def retrieval_rows(retrieval: dict, gallery_sizes: list[int]) -> list[dict]:
     def med(side, size, key):
-        return median([run[key] for run in retrieval[side, size]]) if (side, size) in retrieval else None
+        runs = [run[key] for run in retrieval.get((side, size), []) if key in run]
+        return median(runs) if runs else None
 
     def rate(amount, seconds):
         return amount / seconds if seconds else None
@@ -110,8 +114,9 @@ def retrieval_rows(retrieval: dict, gallery_sizes: list[int]) -> list[dict]:
                 f"retrieval_{label}_itc_topk",
                 *itc,
                 "queries/s",
-                note=f"ITC stage alone: all {size} captions' top-16 images; vtfusion in chunks of "
-                f"{min(size, query_chunk(size))} queries (64 MiB budget), BLIP one full matrix",
+                note=f"ITC stage alone: all {size} captions' top-16 images, in chunks of "
+                f"{min(size, query_chunk(size))} queries (64 MiB budget); no peer: the same matmul, and top-k speed "
+                "depends on the (random) scores",
             ),
             row(
                 f"retrieval_{label}_queries",
@@ -275,9 +280,33 @@ def generation_rows(rounds: int) -> list[dict]:
 # -- CPU specifics: threads and torch.compile ---------------------------------------------------------------------------
 
 
+def thread_probe(threads: int) -> dict[int, float]:
+    """Seconds for a burst of model-sized matmuls ([1024, 192] x [192, 768]) with 1 thread and with `threads`."""
+    a, b = torch.randn(1024, 192), torch.randn(192, 768)
+    seconds = {}
+    for count in (1, threads, 1, threads):
+        torch.set_num_threads(count)
+        a @ b
+        start = time.perf_counter()
+        for _ in range(50):
+            a @ b
+        seconds[count] = min(seconds.get(count, float("inf")), time.perf_counter() - start)
+    return seconds
+
+
+def auto_threads() -> int:
+    """All cores, unless they are busy: on a shared machine an OpenMP team waits at every barrier for a thread the
+    scheduler gave away, and one thread runs faster. Probed in a child, before this process starts its thread pool."""
+    if CORES == 1:
+        return 1
+    seconds = run_in_child(thread_probe, CORES)[0]
+    return CORES if seconds[CORES] < 0.9 * seconds[1] else 1
+
+
 def threads_rows(threads: int, steps: dict, rounds: int) -> list[dict]:
-    """The step runs with the thread count asked for, and scales with it (1 thread vs `threads`)."""
+    """The thread count set is still in force after every benchmark, and how the ITC step scales with cores."""
     honoured = torch.get_num_threads() == threads
+    cores = CORES
     step = steps["itc", "vtfusion"]
 
     def with_threads(count):
@@ -288,14 +317,15 @@ def threads_rows(threads: int, steps: dict, rounds: int) -> list[dict]:
 
         return call
 
-    times = interleaved_times({"one": with_threads(1), "many": with_threads(threads)}, max(2, rounds // 2))
+    times = interleaved_times({"one": with_threads(1), "all": with_threads(cores)}, max(2, rounds // 2))
     return [
         row(
             "threads_itc_scaling",
-            BATCH_SIZE / median(times["many"]),
+            BATCH_SIZE / median(times["all"]),
             BATCH_SIZE / median(times["one"]),
             "samples/s",
-            note=f"vtfusion ITC step with torch.set_num_threads({threads}) vs 1 thread",
+            note=f"vtfusion ITC step, {cores} threads vs 1; the run used torch.set_num_threads({threads}), "
+            f"{'still in force' if honoured else 'NOT in force'} at the end",
             value=threads,
             honoured=honoured,
         )
@@ -353,7 +383,7 @@ def markdown(rows: list[dict], header: str) -> str:
 def header(threads: int, wall: float) -> str:
     return (
         f"vtfusion vs transformers {transformers.__version__} peers, torch {torch.__version__}, fp32, "
-        f"{threads} threads, {platform.processor() or platform.machine()}; run took {wall:.0f} s.\n"
+        f"{threads} of {CORES} threads, {platform.processor() or platform.machine()}; run took {wall:.0f} s.\n"
         "Matched size: image 64, patch 8, hidden 192, 4 layers, 3 heads, MLP 768, text 32, batch 16, vocab 30524, "
         f"no dropout. vtfusion: {NUM_FUSION_LAYERS} cross-attention fusion layers (its ITM step then needs the FLOPs "
         "of BLIP's ITM, whose 4-layer text encoder cross-attends in every layer, on the same 3B pairs; vtfusion also "
@@ -364,15 +394,18 @@ def header(threads: int, wall: float) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: all cores, 1 if they are busy)"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds per comparison (medians reported)")
     parser.add_argument("--gallery-sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile comparison")
     parser.add_argument("--output", type=Path, default=RESULTS_PATH)
     args = parser.parse_args()
     logging.set_verbosity_error()
-    torch.set_num_threads(args.threads)
     start = time.perf_counter()
+    args.threads = args.threads or auto_threads()
+    torch.set_num_threads(args.threads)
 
     training_rss, retrieval = measure_memory(args.gallery_sizes, retrieval_rounds=2)
     rows, steps = training_rows(args.rounds)
