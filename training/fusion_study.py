@@ -50,7 +50,7 @@ def markdown_table(results: dict[str, dict[str, float]]) -> str:
 def bar_chart(results: dict[str, dict[str, float]], path: Path) -> None:
     """Grouped bars: one group per fusion type, one bar per metric."""
     fusion_types, width = list(results), 0.8 / len(COLUMNS)
-    figure = Figure(figsize=(2 + 1.6 * len(fusion_types), 4.5))
+    figure = Figure(figsize=(2 + 1.6 * len(fusion_types), 5))
     axes = figure.subplots()
     for i, (name, label) in enumerate(COLUMNS.items()):
         positions = [x + (i - (len(COLUMNS) - 1) / 2) * width for x in range(len(fusion_types))]
@@ -60,7 +60,7 @@ def bar_chart(results: dict[str, dict[str, float]], path: Path) -> None:
     axes.set_ylabel("test split")
     axes.set_title("vtfusion on SynthShapes: fusion types at the same training budget")
     axes.axhline(0.5, color="gray", linewidth=0.8, linestyle="--")  # chance level of entailment
-    axes.legend(fontsize=8, loc="lower left")
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncols=3, frameon=False)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 

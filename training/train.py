@@ -1,7 +1,7 @@
 """The training entry point for every vtfusion task, on `transformers.Trainer`.
 
     python -m training.train --task pretrain --output_dir outputs/pretrain --do_train --do_predict --max_steps 500
-    accelerate launch --num_processes 2 -m training.train --task vqa --model_name_or_path outputs/pretrain ...
+    python -m training.train --task vqa --model_name_or_path outputs/pretrain --output_dir outputs/vqa --do_train ...
 
 Tasks and heads: `pretrain` (ITC + ITM + captioning LM, `VTFusionForPreTraining`), `retrieval` (ITC + ITM,
 `VTFusionForImageTextRetrieval`), `classification` (e.g. entailment, `VTFusionForSequenceClassification`),
@@ -11,8 +11,17 @@ Tasks and heads: `pretrain` (ITC + ITM + captioning LM, `VTFusionForPreTraining`
 The model comes from a vtfusion checkpoint (`--model_name_or_path`), from two pretrained encoders
 (`--vision_model_name_or_path` + `--text_model_name_or_path`) or from scratch: a config sized by the command line
 and a WordPiece tokenizer trained on the training texts. The data is SynthShapes (generated once) or any data set
-`datasets.load_dataset` reads (`--dataset_name`), preprocessed on the fly. `--do_predict` computes the task metrics
-on the test split. The output folder is Hub-ready: safetensors weights, config with `auto_map`, code, processor.
+`datasets.load_dataset` reads (`--dataset_name`, `--streaming`), preprocessed on the fly. `--do_predict` computes the
+task metrics on the test split. The output folder is Hub-ready: safetensors weights, config with `auto_map`, code,
+processor.
+
+Scaling out needs no code change, only a launcher (configs in `training/configs/`):
+
+    accelerate launch --config_file training/configs/cpu_2proc.yaml -m training.train ...      # 2 CPU processes
+    accelerate launch --config_file training/configs/ddp_8gpu.yaml -m training.train ...       # 8 GPUs, DDP
+    accelerate launch --config_file training/configs/fsdp_8gpu.yaml -m training.train ...      # 8 GPUs, FSDP2
+    accelerate launch --config_file training/configs/deepspeed_zero2.yaml -m training.train ... # DeepSpeed ZeRO-2
+    accelerate launch --config_file training/configs/ddp_multinode.yaml --machine_rank R -m training.train ...
 """
 
 import ast
