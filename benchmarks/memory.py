@@ -41,12 +41,12 @@ def run_in_child(fn: Callable, *args) -> tuple[object, float]:
 def train_steps(pairs: list[tuple[str, str]], steps: int = 2) -> None:
     """Build the model of each (objective, side) with its optimizer, then run `steps` steps of each in turn."""
     batch = random_batch()
-    train_steps = []
+    trainers = []
     for objective, side in pairs:
         model_name, loss_fn = OBJECTIVES[objective][side]
-        train_steps.append(TrainStep(build(model_name).train(), loss_fn, batch))
+        trainers.append(TrainStep(build(model_name).train(), loss_fn, batch))
     for _ in range(steps):
-        for step in train_steps:
+        for step in trainers:
             step()
 
 
