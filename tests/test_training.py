@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
+from huggingface_hub import ModelCard
 
 from modeling_vtfusion import (
     VTFusionForConditionalGeneration,
@@ -181,6 +182,10 @@ def test_main_job_writes_results_and_a_hub_ready_folder(synthshapes, tmp_path):
     assert set(main_job.HEADLINE) | {"wall_time_s"} <= set(results)
     assert json.loads((output_dir / "results.json").read_text()) == results
     assert_hub_ready(output_dir)
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.library_name == "transformers"
+    reported = {m["name"]: m["value"] for r in card.data.to_dict()["model-index"][0]["results"] for m in r["metrics"]}
+    assert reported["Text-to-image Recall@1"] == pytest.approx(results["retrieval_t2i_r1"])
 
 
 def test_fusion_study_writes_table_and_chart(tmp_path):

@@ -10,7 +10,7 @@
 4. evaluates on the first `--test_samples` test scenes: retrieval R@1/5/10 both ways over a 1k-image gallery,
    VQA accuracy, entailment accuracy (overall and relational), captioning BLEU-4 / ROUGE-L / CIDEr;
 5. prints one markdown table, writes `results.json`, and leaves in `--output_dir` a Hub-ready folder whose weights
-   every head class loads (config with `auto_map`, code files, safetensors weights, processor).
+   every head class loads (config with `auto_map`, code files, safetensors weights, processor, model card).
 
 Both stages run `training.train.main`, the entry point users call; the pre-trained model stays in
 `<output_dir>-pretrain`. The defaults are sized to finish in about 15 minutes on 2 CPU cores.
@@ -21,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-from training import train
+from training import model_card, train
 
 
 # results.json names for the metrics whose task-generic names differ.
@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     metrics = train.main(finetune_args(args, pretrained))
     results = collect_results(metrics, time.time() - start)
     Path(args.output_dir, "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    model_card.main([args.output_dir])  # README.md: the model card, with these metrics and a model-index
     print(f"\n{markdown_table(results)}\n\nHub-ready model in {args.output_dir}; metrics in results.json")
     return results
 
