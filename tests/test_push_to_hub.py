@@ -152,7 +152,9 @@ def test_a_run_folder_with_its_card_uploads_in_one_commit(hub, model_and_process
     HfApi().upload_folder(repo_id="me/tiny-vtfusion", folder_path=folder)
     uploaded = hub.files("me/tiny-vtfusion")
     assert set(uploaded) == set(expected) | {"README.md"}
-    assert ModelCard(uploaded["README.md"].decode()).data.library_name == "transformers"
+    card = ModelCard(uploaded["README.md"].decode())
+    assert card.data.library_name == "transformers" and "vtfusion" in card.data.tags
+    assert "image-text-classification" in card.text  # our card's pipeline section, not Trainer's generic card
     assert hub.validated == [uploaded["README.md"].decode()]
     assert len(hub.commits) == 1
 
@@ -231,4 +233,6 @@ def test_training_entry_point_push_uploads_its_output_folder(hub, tmp_path):
         assert uploaded[name] == (output_dir / name).read_bytes(), name
     config = json.loads(uploaded["config.json"])
     assert config["auto_map"] == AUTO_MAP and config["custom_pipelines"] == CUSTOM_PIPELINES
-    assert ModelCard(uploaded["README.md"].decode()).data.library_name == "transformers"
+    card = ModelCard(uploaded["README.md"].decode())
+    assert card.data.library_name == "transformers" and "vtfusion" in card.data.tags
+    assert "image-text-classification" in card.text  # our card's pipeline section, not Trainer's generic card

@@ -56,7 +56,7 @@ from modeling_vtfusion import (
     VTFusionModel,
     VTFusionProcessor,
 )
-from training import evaluation
+from training import evaluation, model_card
 from training.args import TASKS, DataArguments, EvaluationArguments, ModelArguments
 from training.data import (
     VTFusionCollator,
@@ -116,6 +116,12 @@ class VTFusionTrainer(Trainer):
                 if name.endswith("_loss") and value is not None:
                     self._component_losses[name].append(value.detach().float().item())
         return (loss, outputs) if return_outputs else loss
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """The vtfusion card (encoders, fusion, metrics, every pipeline) instead of Trainer's generic one; it is what
+        `--push_to_hub` uploads as README.md."""
+        if self.is_world_process_zero():
+            model_card.main([self.args.output_dir])
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._component_losses:
