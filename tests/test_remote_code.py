@@ -1,5 +1,6 @@
 """A saved checkpoint is a Hub repo: it loads with trust_remote_code=True in a process that cannot import vtfusion."""
 
+import ast
 import json
 import re
 import subprocess
@@ -108,3 +109,43 @@ def test_code_files_import_each_other_relatively_and_never_the_training_code():
         for forbidden in ("from modeling_vtfusion", "import modeling_vtfusion", "training", "benchmarks", "tests"):
             assert f"import {forbidden}" not in source and f"from {forbidden}" not in source, (path.name, forbidden)
         assert not re.search(r"(?<![\w.])(eval|exec)\(", source), path.name
+
+
+NETWORK_OR_FILE_CALLS = {
+    "open",
+    "urlopen",
+    "hf_hub_download",
+    "snapshot_download",
+    "get",
+    "post",
+    "connect",
+    "read_text",
+}
+
+
+def module_level_calls(node: ast.AST):
+    """Calls made when the module is imported: everywhere but inside function bodies (class bodies run at import)."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        if isinstance(child, ast.Call):
+            yield child
+        yield from module_level_calls(child)
+
+
+def test_import_time_call_finder_sees_calls_in_class_bodies_but_not_in_functions():
+    tree = ast.parse("class A:\n    def f(self):\n        open('x')\n    data = open('y')\nz = len([])\n")
+    names = [call.func.id for call in module_level_calls(tree)]
+    assert names == ["open", "len"]
+
+
+def test_code_files_do_no_io_or_network_at_import():
+    for path in (REPO / "modeling_vtfusion").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {
+            alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+        }
+        assert not imported & {"requests", "urllib", "socket", "http"}, path.name
+        for call in module_level_calls(tree):
+            name = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
+            assert name not in NETWORK_OR_FILE_CALLS, f"{path.name}:{call.lineno} calls {name}() at import time"
