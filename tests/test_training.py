@@ -140,6 +140,8 @@ def test_local_folder_with_a_corrupt_image_trains(synthshapes, tmp_path):
 
     # 50 readable rows of 51 make 5 batches of 10: one epoch (51 rows would make 6)
     assert metrics["epoch"] == pytest.approx(1.0)
+    assert metrics["skipped_unreadable_images"] == 1
+    assert json.loads((tmp_path / "run" / "train_results.json").read_text())["skipped_unreadable_images"] == 1
 
 
 def test_streaming_trains_for_max_steps(synthshapes, tmp_path):

@@ -302,12 +302,17 @@ def build_model_and_processor(task, train_split, model_args, data_args, training
 
 def readable_split(raw_datasets, split: str, data_args: DataArguments):
     """A split, without the rows whose image is missing or corrupt when --skip_unreadable_images (default: for a
-    user's --dataset_name; generated SynthShapes needs no check)."""
+    user's --dataset_name; generated SynthShapes needs no check), and the counter of skipped rows (or None)."""
     dataset = get_split(raw_datasets, split)
     skip = data_args.skip_unreadable_images
     if skip or (skip is None and data_args.dataset_name is not None):
-        dataset, _ = drop_unreadable_images(dataset, data_args.image_column)
-    return dataset
+        return drop_unreadable_images(dataset, data_args.image_column)
+    return dataset, None
+
+
+def with_skipped_count(metrics: dict, skipped) -> dict:
+    """Metrics plus the number of rows skipped for an unreadable image, so the run's results record it."""
+    return metrics if skipped is None else metrics | {"skipped_unreadable_images": skipped.count}
 
 
 def evaluate_on_test(task, model_dir, processor, test_split, data_args, eval_args, device) -> dict[str, float]:
@@ -392,7 +397,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     raw_datasets = load_raw_datasets(data_args, training_args.main_process_first)
     resolve_text_column(task, data_args)
     check_columns(get_split(raw_datasets, data_args.train_split), task, data_args)
-    train_split = readable_split(raw_datasets, data_args.train_split, data_args)
+    train_split, train_skipped = readable_split(raw_datasets, data_args.train_split, data_args)
     checkpoint = resolve_checkpoint(training_args)
     model, processor = build_model_and_processor(task, train_split, model_args, data_args, training_args, checkpoint)
     logger.info(f"{type(model).__name__} ({model.config.fusion_type}): {model.num_parameters() / 1e6:.2f}M parameters")
@@ -404,7 +409,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             limit(train_split, data_args.max_train_samples), transform, training_args.seed, data_args
         )
     if training_args.do_eval:
-        eval_split = readable_split(raw_datasets, data_args.eval_split, data_args)
+        eval_split, _ = readable_split(raw_datasets, data_args.eval_split, data_args)
         transform = build_transform(task, processor, data_args, seed=training_args.seed + 1)
         eval_dataset = prepare_dataset(limit(eval_split, data_args.max_eval_samples), transform, None, data_args)
 
@@ -420,10 +425,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()  # weights, config with auto_map, code files and processor: a Hub-ready folder
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", result.metrics)
+        train_metrics = with_skipped_count(result.metrics, train_skipped)  # streaming: counted while training
+        trainer.log_metrics("train", train_metrics)
+        trainer.save_metrics("train", train_metrics)
         trainer.save_state()
-        metrics |= result.metrics
+        metrics |= train_metrics
     if training_args.do_eval:
         eval_metrics = trainer.evaluate()
         trainer.log_metrics("eval", eval_metrics)
@@ -433,10 +439,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model_dir = training_args.output_dir if training_args.do_train else model_args.model_name_or_path
         if model_dir is None:
             raise ValueError("--do_predict without --do_train needs --model_name_or_path (the model to evaluate).")
-        test_split = readable_split(raw_datasets, data_args.test_split, data_args)
+        test_split, test_skipped = readable_split(raw_datasets, data_args.test_split, data_args)
         test_metrics = evaluate_on_test(
             task, model_dir, processor, test_split, data_args, eval_args, training_args.device
         )
+        test_metrics = with_skipped_count(test_metrics, test_skipped)
         trainer.log_metrics("test", test_metrics)
         trainer.save_metrics("test", test_metrics)
         metrics |= {f"test_{name}": value for name, value in test_metrics.items()}
