@@ -110,7 +110,7 @@ class VTFusionTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if model.training:
-            check_finite_loss(loss, self.state.global_step)
+            check_finite_loss(loss, self.state.global_step + 1)  # the step being taken
         if model.training and isinstance(outputs, dict):
             for name, value in outputs.items():
                 if name.endswith("_loss") and value is not None:
