@@ -43,6 +43,9 @@ class ModelArguments:
         metadata={"help": "cross_attention (default from scratch), co_attention, concat, weighted or late."},
     )
     # Size of a model trained from scratch (no --model_name_or_path, no pretrained encoders).
+    vision_model_type: str = field(
+        default="vit", metadata={"help": "Vision encoder from scratch: vit, or resnet (3 stages up to --hidden_size)."}
+    )
     image_size: int = field(default=64, metadata={"help": "Image side in pixels (from scratch)."})
     patch_size: int = field(default=8, metadata={"help": "ViT patch side in pixels (from scratch)."})
     hidden_size: int = field(default=192, metadata={"help": "Width of both encoders (from scratch)."})

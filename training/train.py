@@ -238,10 +238,19 @@ def scratch_config(model_args: ModelArguments, data_args: DataArguments, tokeniz
         "num_attention_heads": model_args.num_attention_heads,
         "intermediate_size": 4 * model_args.hidden_size,
     }
-    vision = {"model_type": "vit", "image_size": model_args.image_size, "patch_size": model_args.patch_size}
+    vision = {"model_type": "vit", "image_size": model_args.image_size, "patch_size": model_args.patch_size} | encoder
+    if model_args.vision_model_type == "resnet":  # feature map 1/16 of the image: 4x4 tokens at 64px
+        width = model_args.hidden_size
+        vision = {
+            "model_type": "resnet",
+            "embedding_size": width // 4,
+            "hidden_sizes": [width // 4, width // 2, width],
+            "depths": [1, 1, 1],
+            "layer_type": "basic",
+        }
     text = {"model_type": "bert", "vocab_size": len(tokenizer), "max_position_embeddings": data_args.max_length}
     return VTFusionConfig(
-        vision_config=vision | encoder,
+        vision_config=vision,
         text_config=text | encoder,
         fusion_type=model_args.fusion_type or DEFAULT_FUSION_TYPE,
         num_fusion_layers=model_args.num_fusion_layers,
