@@ -32,8 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="outputs/fusion-study")
     parser.add_argument("--fusion_types", nargs="+", default=list(FUSION_TYPES), choices=FUSION_TYPES)
-    parser.add_argument("--pretrain_steps", type=int, default=100)
-    parser.add_argument("--finetune_steps", type=int, default=250)
+    parser.add_argument("--pretrain_steps", type=int, default=main_job.PRETRAIN_STEPS)
+    parser.add_argument("--finetune_steps", type=int, default=main_job.FINETUNE_STEPS)
     parser.add_argument("--job_args", nargs=argparse.REMAINDER, default=[], help="More `training.main_job` arguments.")
     return parser.parse_args(argv)
 
