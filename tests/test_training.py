@@ -16,6 +16,7 @@ import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
 from huggingface_hub import ModelCard
+from tiny_models import random_batch, tiny_config
 
 from modeling_vtfusion import (
     VTFusionForConditionalGeneration,
@@ -26,6 +27,7 @@ from modeling_vtfusion import (
     VTFusionProcessor,
 )
 from training import fusion_study, main_job, train
+from training.multitask import VTFusionForMultitask
 from training.synthshapes import write_imagefolder
 
 
@@ -109,6 +111,36 @@ def test_task_trains_and_saves_a_checkpoint_its_head_loads(task, synthshapes, tm
     assert math.isfinite(metrics["train_loss"])
     assert_hub_ready(tmp_path)
     assert_loads_without_missing_weights(HEADS[task], tmp_path)
+
+
+def test_multitask_losses_are_those_of_the_heads_with_the_same_weights():
+    torch.manual_seed(0)
+    model = VTFusionForMultitask(tiny_config(num_labels=2)).eval()
+    images = random_batch(batch_size=3, length=8)  # pixel_values and captions
+    pixels, captions = images.pop("pixel_values"), images
+    texts = {k: v for k, v in random_batch(batch_size=3, length=6, seed=1).items() if k != "pixel_values"}
+    answers = random_batch(batch_size=3, length=3, seed=2)["input_ids"][:, 1:]  # "w [SEP]": no [CLS]
+    caption_labels = captions["input_ids"][:, 1:].masked_fill(captions["attention_mask"][:, 1:] == 0, -100)
+    generation = VTFusionForConditionalGeneration(model.config).eval()
+    classification = VTFusionForSequenceClassification(model.config).eval()
+    for head in (generation, classification):
+        head.load_state_dict(model.state_dict(), strict=False)
+
+    multitask = model(
+        pixel_values=pixels,
+        **captions,
+        question_input_ids=texts["input_ids"],
+        question_attention_mask=texts["attention_mask"],
+        question_image_index=torch.arange(3),
+        answer_labels=answers,
+        statement_input_ids=texts["input_ids"],
+        statement_attention_mask=texts["attention_mask"],
+        entailment_labels=torch.tensor([0, 1, 1]),
+    )
+
+    torch.testing.assert_close(multitask.vqa_loss, generation(pixel_values=pixels, **texts, labels=answers).loss)
+    torch.testing.assert_close(multitask.lm_loss, generation(pixel_values=pixels, labels=caption_labels).loss)
+    torch.testing.assert_close(multitask.entailment_logits, classification(pixel_values=pixels, **texts).logits)
 
 
 def test_multitask_checkpoint_serves_every_head(multitask_run):

@@ -24,7 +24,7 @@ from training.synthshapes import INFO_FILE, load_synthshapes, write_imagefolder
 
 AnyDataset = Dataset | IterableDataset
 
-# Columns each task reads, as (argument name, DataArguments attribute); optional ones are skipped when absent.
+# The `DataArguments` column fields each task reads; `check_columns` fails early when one names no column.
 TASK_COLUMNS = {
     "pretrain": ("image_column", "text_column"),
     "retrieval": ("image_column", "text_column"),

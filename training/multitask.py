@@ -4,7 +4,8 @@
 `text_decoder`, `lm_head`, `classifier`), so its checkpoint is the union of theirs: every head class, and every
 `Auto*` class of the checkpoint's `auto_map`, loads its own part out of the one folder. One forward encodes each
 image once and spends it on five objectives:
-- ITC + ITM with hard negatives and captioning LM on the image's caption (`VTFusionForPreTraining`'s objectives);
+- ITC + ITM with hard negatives and captioning LM on the image's caption (`VTFusionForPreTraining`'s objectives;
+  with `itm_loss_weight=0` ITM is skipped, and the captions skip the fusion module);
 - VQA: the decoder answers questions fused with their image (`VTFusionForConditionalGeneration` with `input_ids`);
 - entailment: the classifier reads the fused (image, statement) pair (`VTFusionForSequenceClassification`).
 """
