@@ -17,6 +17,7 @@ import torch
 from accelerate.commands.config.config_args import load_config_from_file
 from huggingface_hub import ModelCard
 from tiny_models import random_batch, tiny_config
+from transformers import BertModel, ViTModel
 
 from modeling_vtfusion import (
     VTFusionForConditionalGeneration,
@@ -111,6 +112,27 @@ def test_task_trains_and_saves_a_checkpoint_its_head_loads(task, synthshapes, tm
     assert math.isfinite(metrics["train_loss"])
     assert_hub_ready(tmp_path)
     assert_loads_without_missing_weights(HEADS[task], tmp_path)
+
+
+def test_training_starts_from_two_pretrained_encoders(synthshapes, tmp_path, tiny_tokenizer, tiny_image_processor):
+    config = tiny_config()
+    vision, text = ViTModel(config.vision_config), BertModel(config.text_config)
+    vision.save_pretrained(tmp_path / "vit")
+    tiny_image_processor.save_pretrained(tmp_path / "vit")
+    text.save_pretrained(tmp_path / "bert")
+    tiny_tokenizer.save_pretrained(tmp_path / "bert")
+    encoders = [f"--vision_model_name_or_path={tmp_path / 'vit'}", f"--text_model_name_or_path={tmp_path / 'bert'}"]
+
+    train.main(run_args(synthshapes, tmp_path / "run", "retrieval", "--do_train", "--max_steps=1", *encoders))
+
+    trained = VTFusionForImageTextRetrieval.from_pretrained(tmp_path / "run")
+    assert VTFusionProcessor.from_pretrained(tmp_path / "run").tokenizer.get_vocab() == tiny_tokenizer.get_vocab()
+    # one step at the default learning rate moves the pretrained weights by ~1e-4: they were loaded, not drawn
+    for trained_weight, pretrained_weight in (
+        (trained.vtfusion.text_model.embeddings.word_embeddings.weight, text.embeddings.word_embeddings.weight),
+        (trained.vtfusion.vision_model.embeddings.cls_token, vision.embeddings.cls_token),
+    ):
+        torch.testing.assert_close(trained_weight, pretrained_weight, atol=1e-3, rtol=0)
 
 
 def test_multitask_losses_are_those_of_the_heads_with_the_same_weights():
