@@ -461,5 +461,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     return metrics
 
 
+def end_processes() -> None:
+    """Destroys the process group of an `accelerate launch` run: gloo threads still alive at interpreter exit abort
+    a rank (SIGABRT) after its work is done. Called once at the very end, as `main` may run twice in one process."""
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 if __name__ == "__main__":
     main()
+    end_processes()
