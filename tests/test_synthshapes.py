@@ -33,6 +33,7 @@ RELATIONS = {
     "smaller than": lambda a, b: (a["size"], b["size"]) == ("small", "large"),
 }
 RELATION = "|".join(RELATIONS)
+STATEMENT_LISTS = ("statements", "statement_labels", "statement_relational")
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +175,25 @@ def test_swapping_the_objects_of_a_relational_statement_flips_its_truth(scenes):
         m = re.fullmatch(rf"the (\w+ \w+) is ({RELATION}) the (\w+ \w+)", scene["statement"])
         swapped = f"the {m[3]} is {m[2]} the {m[1]}"
         assert statement_holds(swapped, scene["objects"]) != statement_holds(scene["statement"], scene["objects"])
+
+
+def test_training_statements_start_with_the_scene_statement_and_all_hold_as_labelled(scenes):
+    for scene in scenes:
+        assert (scene["statements"][0], scene["statement_labels"][0]) == (scene["statement"], scene["label"])
+        for statement, label in zip(scene["statements"], scene["statement_labels"]):
+            assert statement_holds(statement, scene["objects"]) == bool(label)
+
+
+def test_training_statements_hold_a_relational_pair_in_both_orders_when_two_shapes_or_more(scenes):
+    for scene in scenes:
+        relational = [(s, y) for s, y, r in zip(*(scene[k] for k in STATEMENT_LISTS)) if r][-2:]
+        if scene["num_shapes"] == 1:
+            assert relational == []
+            continue
+        (false, _), (true, _) = relational
+        assert [label for _, label in relational] == [0, 1]
+        m = re.fullmatch(rf"the (\w+ \w+) is ({RELATION}) the (\w+ \w+)", true)
+        assert false == f"the {m[3]} is {m[2]} the {m[1]}"
 
 
 def test_written_splits_are_disjoint_and_cover_every_scene(folder):

@@ -28,8 +28,10 @@ from modeling_vtfusion import (
     VTFusionProcessor,
 )
 from training import fusion_study, main_job, train
+from training.args import DataArguments
+from training.data import VTFusionCollator, build_transform
 from training.multitask import VTFusionForMultitask
-from training.synthshapes import write_imagefolder
+from training.synthshapes import load_synthshapes, write_imagefolder
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -163,6 +165,27 @@ def test_multitask_losses_are_those_of_the_heads_with_the_same_weights():
     torch.testing.assert_close(multitask.vqa_loss, generation(pixel_values=pixels, **texts, labels=answers).loss)
     torch.testing.assert_close(multitask.lm_loss, generation(pixel_values=pixels, labels=caption_labels).loss)
     torch.testing.assert_close(multitask.entailment_logits, classification(pixel_values=pixels, **texts).logits)
+
+
+def test_multitask_batch_flattens_several_statements_per_image_with_their_image_index(synthshapes, tiny_processor):
+    data_args = DataArguments(
+        text_column="caption", train_statement_column="statements", train_label_column="statement_labels"
+    )
+    rows = load_synthshapes(synthshapes)["train"].select(range(3))[:]
+    transform = build_transform("multitask", tiny_processor, data_args)
+
+    features = transform(rows)
+    batch = VTFusionCollator(tiny_processor.tokenizer.pad_token_id)(
+        [dict(zip(features, v)) for v in zip(*features.values())]
+    )
+
+    counts = [min(data_args.max_statements_per_image, len(statements)) for statements in rows["statements"]]
+    assert batch["statement_image_index"].tolist() == [i for i, n in enumerate(counts) for _ in range(n)]
+    assert batch["statement_input_ids"].shape[0] == batch["entailment_labels"].shape[0] == sum(counts)
+    decoded = tiny_processor.batch_decode(batch["statement_input_ids"], skip_special_tokens=True)
+    for text, label, image in zip(decoded, batch["entailment_labels"], batch["statement_image_index"]):
+        known = dict(zip(rows["statements"][image], rows["statement_labels"][image]))
+        assert known[text] == label
 
 
 def test_multitask_checkpoint_serves_every_head(multitask_run):

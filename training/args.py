@@ -97,6 +97,20 @@ class DataArguments:
         default="question_types", metadata={"help": "VQA: report accuracy per question type (if present)."}
     )
     statement_column: str = field(default="statement", metadata={"help": "Multitask: entailment statements."})
+    train_statement_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Multitask training: statements to train on (a list column gives several per image; SynthShapes: "
+            "'statements'); default: --statement_column. Evaluation always reads --statement_column."
+        },
+    )
+    train_label_column: str | None = field(
+        default=None,
+        metadata={"help": "Multitask training: labels of --train_statement_column (default: --label_column)."},
+    )
+    max_statements_per_image: int = field(
+        default=4, metadata={"help": "Multitask: statements trained per image and step (from a list column)."}
+    )
     question_column: str = field(default="questions", metadata={"help": "Multitask: VQA questions."})
     max_questions_per_image: int = field(
         default=2, metadata={"help": "Multitask: question/answer pairs trained per image and step."}

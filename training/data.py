@@ -38,6 +38,8 @@ TASK_COLUMNS = {
         "answer_column",
         "statement_column",
         "label_column",
+        "train_statement_column",  # optional: checked when set
+        "train_label_column",
     ),
 }
 
@@ -88,7 +90,7 @@ def check_columns(dataset: AnyDataset, task: str, data_args: DataArguments) -> N
     existing = column_names(dataset)
     for argument in TASK_COLUMNS[task]:
         column = getattr(data_args, argument)
-        if column not in existing:
+        if column is not None and column not in existing:
             raise ValueError(
                 f"--{argument} {column!r} is not a column of the data set. Its columns are: {', '.join(existing)}. "
                 f"Pass --{argument} with one of them."
@@ -225,17 +227,25 @@ def build_transform(task: str, processor, data_args: DataArguments, seed: int = 
     return transform
 
 
+def train_statement_columns(data_args: DataArguments) -> tuple[str, str]:
+    return (
+        data_args.train_statement_column or data_args.statement_column,
+        data_args.train_label_column or data_args.label_column,
+    )
+
+
 def multitask_extras(batch: dict, processor, data_args: DataArguments, rng: random.Random) -> dict:
-    """Entailment statement + label, and up to `max_questions_per_image` question/answer pairs per image."""
-    statements = encode_texts(processor, list(batch[data_args.statement_column]), data_args.max_length)
-    out = {
-        "statement_input_ids": statements["input_ids"],
-        "statement_attention_mask": statements["attention_mask"],
-        "entailment_labels": list(batch[data_args.label_column]),
-        "question_input_ids": [],
-        "question_attention_mask": [],
-        "answer_labels": [],
-    }
+    """Up to `max_statements_per_image` statements + labels and `max_questions_per_image` question/answer pairs per
+    image, as per-image lists (the collator flattens them)."""
+    out = {key: [] for key in NESTED_KEYS}
+    statement_column, label_column = train_statement_columns(data_args)
+    for statements, labels in zip(batch[statement_column], batch[label_column]):
+        pairs = [(statements, labels)] if isinstance(statements, str) else list(zip(statements, labels))
+        pairs = rng.sample(pairs, min(data_args.max_statements_per_image, len(pairs)))
+        encoded = encode_texts(processor, [statement for statement, _ in pairs], data_args.max_length)
+        out["statement_input_ids"].append(encoded["input_ids"])
+        out["statement_attention_mask"].append(encoded["attention_mask"])
+        out["entailment_labels"].append([label for _, label in pairs])
     for questions, answers in zip(batch[data_args.question_column], batch[data_args.answer_column]):
         pairs = question_answer_pairs(questions, answers)
         pairs = rng.sample(pairs, min(data_args.max_questions_per_image, len(pairs)))
@@ -259,8 +269,16 @@ def prepare_dataset(dataset: AnyDataset, transform: Callable, shuffle_seed: int 
 # Collation
 # ----------------------------------------------------------------------------------------------------------------
 
-# Per-image lists of sequences (several questions per image in multitask): flattened, with each one's image index.
-NESTED_KEYS = ("question_input_ids", "question_attention_mask", "answer_labels")
+# Per-image lists (several statements and questions per image in multitask): flattened, and each `*_input_ids` list
+# gives an `*_image_index` (the image of each sequence).
+NESTED_KEYS = (
+    "statement_input_ids",
+    "statement_attention_mask",
+    "entailment_labels",
+    "question_input_ids",
+    "question_attention_mask",
+    "answer_labels",
+)
 
 
 def padding_value(key: str, pad_token_id: int) -> int:
@@ -292,9 +310,10 @@ class VTFusionCollator:
         for key in features[0]:
             values = [feature[key] for feature in features]
             if key in NESTED_KEYS:
-                if key == "question_input_ids":
+                if key.endswith("input_ids"):
                     counts = torch.tensor([len(value) for value in values])
-                    batch["question_image_index"] = torch.repeat_interleave(torch.arange(len(values)), counts)
+                    index_key = key.replace("input_ids", "image_index")
+                    batch[index_key] = torch.repeat_interleave(torch.arange(len(values)), counts)
                 values = [sequence for value in values for sequence in value]
             if key == "pixel_values":
                 batch[key] = torch.as_tensor(np.stack(values))

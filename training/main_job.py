@@ -117,6 +117,9 @@ def finetune_args(args: argparse.Namespace, pretrained: str) -> list[str]:
         f"--max_steps={args.finetune_steps}",
         f"--max_test_samples={args.test_samples}",
         "--max_questions_per_image=5",
+        "--train_statement_column=statements",  # 3-5 statements per scene, relational ones in both orders
+        "--train_label_column=statement_labels",
+        "--max_statements_per_image=4",
         "--class_names",
         "false",
         "true",

@@ -84,12 +84,14 @@ class VTFusionForMultitask(ImageTextMatchingMixin, VTFusionPreTrainedModel):
         statement_input_ids: torch.LongTensor,
         statement_attention_mask: torch.Tensor,
         entailment_labels: torch.LongTensor,
+        statement_image_index: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         **kwargs,
     ) -> VTFusionMultitaskOutput:
         r"""
-        B images with their captions (`input_ids`), statements (`statement_*`, labels `entailment_labels` [B]) and Q
-        questions (`question_*` [Q, T], image of each `question_image_index` [Q], answers `answer_labels` [Q, A]).
+        B images with their captions (`input_ids`), S statements (`statement_*` [S, T], image of each
+        `statement_image_index` [S], default one per image; labels `entailment_labels` [S]) and Q questions
+        (`question_*` [Q, T], image of each `question_image_index` [Q], answers `answer_labels` [Q, A]).
         labels (`[B, T]`, optional): caption LM targets; by default the caption without its [CLS].
         """
         model, config = self.vtfusion, self.config
@@ -107,12 +109,12 @@ class VTFusionForMultitask(ImageTextMatchingMixin, VTFusionPreTrainedModel):
         lm_loss = self._decoder_loss(model.image_to_fusion(image_tokens), None, labels)
 
         question_tokens, _, _ = model.encode_text(question_input_ids, question_attention_mask)
-        fused = model.fuse(image_tokens[question_image_index], question_tokens, question_attention_mask)
+        fused = model.fuse(image_tokens, question_tokens, question_attention_mask, image_index=question_image_index)
         vqa_loss = self._decoder_loss(fused.last_hidden_state, fused.attention_mask, answer_labels)
 
         statement_tokens, _, _ = model.encode_text(statement_input_ids, statement_attention_mask)
-        fused = model.fuse(image_tokens, statement_tokens, statement_attention_mask)
-        entailment_logits = self.classifier(self.dropout(fused.pooler_output))  # [B, num_labels]
+        fused = model.fuse(image_tokens, statement_tokens, statement_attention_mask, image_index=statement_image_index)
+        entailment_logits = self.classifier(self.dropout(fused.pooler_output))  # [S, num_labels]
         entailment_loss = F.cross_entropy(entailment_logits.float(), entailment_labels)
 
         loss = (

@@ -13,7 +13,11 @@ A scene carries text for every task:
   answers, asked only about objects the question identifies uniquely;
 - `statement` / `label` / `relational`: visual entailment (1 = true). Scene `i` gets kind `i % 4`, so labels and
   relational statements are exactly balanced. A false relational statement swaps the two objects of a true one,
-  so both read with the same words and only the image tells them apart.
+  so both read with the same words and only the image tells them apart;
+- `statements` / `statement_labels` / `statement_relational`: more statements for training (multitask's
+  `--train_statement_column`), the scene's own first, then a false and a true attribute statement and, with two or
+  more shapes, a false and a true relational statement that differ only in the order of the two objects.
+  Evaluation reads `statement` alone, so the test split keeps one balanced statement per scene.
 
 Scene `i` depends only on `(seed, i)`; splits are contiguous ranges of scene ids, so no scene is in two splits.
 `write_imagefolder` writes the `datasets` imagefolder layout (`{split}/{id}.png` + `{split}/metadata.jsonl`) once;
@@ -66,7 +70,7 @@ OPPOSITE = {
 }
 OPPOSITE_SIZE = {"small": "large", "large": "small"}
 INFO_FILE = "synthshapes.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def article(word: str) -> str:
@@ -238,13 +242,26 @@ def pick_color_shape(rng: np.random.Generator, objects: list[dict], present: boo
     return color, shape, False
 
 
-def relational_statement(rng: np.random.Generator, objects: list[dict], label: int) -> str:
+def relational_pair(rng: np.random.Generator, objects: list[dict]) -> tuple[str, str]:
+    """A false and a true statement relating the same two objects with the same words, in swapped order."""
     a, b = rng.choice(len(objects), 2, replace=False)
     relations = true_relations(objects[a], objects[b])
     relation = relations[rng.integers(len(relations))]
-    if not label:
-        a, b = b, a
-    return f"{definite_name(objects[a])} is {relation} {definite_name(objects[b])}"
+    true = f"{definite_name(objects[a])} is {relation} {definite_name(objects[b])}"
+    return f"{definite_name(objects[b])} is {relation} {definite_name(objects[a])}", true
+
+
+def relational_statement(rng: np.random.Generator, objects: list[dict], label: int) -> str:
+    return relational_pair(rng, objects)[label]
+
+
+def extra_statements(rng: np.random.Generator, objects: list[dict]) -> list[tuple[str, int, bool]]:
+    """Training statements beyond the scene's own: a false and a true attribute statement and, with two or more
+    shapes, a relational pair (the same words in both orders, opposite labels)."""
+    extras = [(attribute_statement(rng, objects, label), label, False) for label in (0, 1)]
+    if len(objects) > 1:
+        extras += [(text, label, True) for label, text in enumerate(relational_pair(rng, objects))]
+    return extras
 
 
 def attribute_statement(rng: np.random.Generator, objects: list[dict], label: int) -> str:
@@ -286,6 +303,7 @@ def make_scene(index: int, seed: int) -> dict:
     qa = {kind: make(rng, objects) for kind, make in QUESTION_MAKERS.items()}
     qa = {kind: pair for kind, pair in qa.items() if pair is not None}
     statement = (relational_statement if relational else attribute_statement)(rng, objects, label)
+    statements = [(statement, label, relational), *extra_statements(rng, objects)]
     return {
         "image": image,
         "scene_id": index,
@@ -300,6 +318,9 @@ def make_scene(index: int, seed: int) -> dict:
         "statement": statement,
         "label": label,
         "relational": relational,
+        "statements": [text for text, _, _ in statements],
+        "statement_labels": [label for _, label, _ in statements],
+        "statement_relational": [relational for _, _, relational in statements],
     }
 
 
