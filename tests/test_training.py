@@ -251,6 +251,7 @@ def test_main_job_writes_results_and_a_hub_ready_folder(synthshapes, tmp_path):
             "--num_hidden_layers=1",
             "--image_size=32",
             "--test_samples=6",
+            "--attention_scenes=3",
             "--extra",
             *TINY_MODEL[3:],
             *QUIET,
@@ -258,8 +259,11 @@ def test_main_job_writes_results_and_a_hub_ready_folder(synthshapes, tmp_path):
         ]
     )
 
-    assert set(main_job.HEADLINE) | {"wall_time_s"} <= set(results)
+    assert set(main_job.HEADLINE) | {"attention_color_hit_rate", "attention_shape_hit_rate", "wall_time_s"} <= set(
+        results
+    )
     assert json.loads((output_dir / "results.json").read_text()) == results
+    assert len(list((output_dir / "attention").glob("*.png"))) == 3
     assert_hub_ready(output_dir)
     card = ModelCard.load(output_dir / "README.md")
     assert card.data.library_name == "transformers"

@@ -12,7 +12,9 @@
    VQA answers and entailment labels are added), so one base serves every head;
 4. evaluates on the first `--test_samples` test scenes: retrieval R@1/5/10 both ways over a 1k-image gallery,
    VQA accuracy, entailment accuracy (overall and relational), captioning BLEU-4 / ROUGE-L / CIDEr;
-5. prints one markdown table, writes `results.json`, and leaves in `--output_dir` a Hub-ready folder whose weights
+5. checks where the cross-attention of colour and shape words peaks on `--attention_scenes` unseen scenes (hit rate
+   against chance, in `results.json`) and draws heat maps of a few of them into `<output_dir>/attention/`;
+6. prints one markdown table, writes `results.json`, and leaves in `--output_dir` a Hub-ready folder whose weights
    every head class loads (config with `auto_map`, code files, safetensors weights, processor, model card).
 
 Both stages run `training.train.main`, the entry point users call; the pre-trained model stays in
@@ -24,13 +26,16 @@ import json
 import time
 from pathlib import Path
 
-from training import model_card, train
+from training import attention_check, model_card, train
 
 
 # Measured on this 2-core machine (shared with other work): pre-training ~0.5 s/step, multitask ~1.1 s/step at
 # batch 64, so 300 + 600 steps, data, evaluation and saving take about 14 minutes.
 PRETRAIN_STEPS = 300
 FINETUNE_STEPS = 600
+
+# Fusion types whose text tokens attend to image tokens: the attention check draws and scores their maps.
+ATTENTION_FUSION_TYPES = ("cross_attention", "co_attention")
 
 # results.json names for the metrics whose task-generic names differ.
 RENAMES = {
@@ -65,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vision_model_type", default="resnet", choices=["resnet", "vit"])
     parser.add_argument("--image_size", type=int, default=64)
     parser.add_argument("--test_samples", type=int, default=1000, help="Test scenes evaluated (retrieval gallery).")
+    parser.add_argument(
+        "--attention_scenes", type=int, default=200, help="Unseen scenes of the attention check (0: skip it)."
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="More `training.train` arguments.")
     return parser.parse_args(argv)
@@ -153,6 +161,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     pretrained = f"{args.output_dir.rstrip('/')}-pretrain"
     train.main(pretrain_args(args, pretrained))
     metrics = train.main(finetune_args(args, pretrained))
+    if args.attention_scenes and args.fusion_type in ATTENTION_FUSION_TYPES:
+        png_dir = Path(args.output_dir, "attention")
+        attention = attention_check.check_attention(args.output_dir, args.attention_scenes, png_dir=png_dir)
+        metrics |= {f"test_attention_{name}": value for name, value in attention.items()}
     results = collect_results(metrics, time.time() - start)
     Path(args.output_dir, "results.json").write_text(json.dumps(results, indent=2) + "\n")
     model_card.main([args.output_dir])  # README.md: the model card, with these metrics and a model-index
