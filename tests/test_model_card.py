@@ -110,6 +110,18 @@ def test_pipeline_tag_follows_the_head_that_saved_the_checkpoint(architectures, 
     assert write_model_card(tmp_path, {}, config).data.pipeline_tag == pipeline_tag
 
 
+def test_card_reports_the_attention_check_and_links_the_heat_maps(tmp_path):
+    (tmp_path / "attention").mkdir()
+    (tmp_path / "attention" / "scene_7_red_circle.png").write_bytes(b"\x89PNG")
+    rates = {"color_hit_rate": 0.61, "color_chance_rate": 0.11, "shape_hit_rate": 0.5, "shape_chance_rate": 0.1}
+    results = {f"attention_{name}": value for name, value in rates.items()}
+
+    card = write_model_card(tmp_path, results, multitask_config())
+
+    assert "a colour word peaks on the shape it names in 61% (chance 11%)" in " ".join(card.text.split())
+    assert "[scene_7_red_circle.png](attention/scene_7_red_circle.png)" in card.text
+
+
 def test_late_fusion_card_warns_it_has_no_token_interaction(tmp_path):
     card = write_model_card(tmp_path, {}, tiny_config(fusion_type="late"))
     assert "no token-level interaction" in card.text

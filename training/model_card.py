@@ -161,9 +161,25 @@ def write_model_card(
         metrics=metrics,
         training=training,
         has_cross_attention=config.fusion_type in ("cross_attention", "co_attention", "concat"),
+        attention_check=attention_summary(results),
+        attention_maps=sorted(path.name for path in Path(output_dir, "attention").glob("*.png")),
     )
     card.save(Path(output_dir) / filename)
     return card
+
+
+def attention_summary(results: dict) -> dict[str, str] | None:
+    """The main job's attention check as percentages per word kind ("color" -> "61% (chance 11%)"), if it ran."""
+
+    def value(name: str) -> float | None:
+        return results.get(f"test_{name}", results.get(name))
+
+    summary = {}
+    for kind in ("color", "shape"):
+        hit, chance = value(f"attention_{kind}_hit_rate"), value(f"attention_{kind}_chance_rate")
+        if hit is not None and chance is not None:
+            summary[kind] = f"{hit:.0%} (chance {chance:.0%})"
+    return summary or None
 
 
 def infer_task(config) -> str:
