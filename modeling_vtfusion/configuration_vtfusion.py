@@ -58,6 +58,8 @@ class VTFusionConfig(PreTrainedConfig):
         decoder_*: size of the causal text decoder; `None` sizes follow the fusion module.
         max_decoder_position_embeddings (`int`): longest sequence the decoder generates.
         itc_loss_weight, itm_loss_weight, lm_loss_weight: weights of the pre-training objectives.
+        mlm_loss_weight (`float`): weight of masked language modelling through the fusion module (ALBEF / ViLT),
+            computed when a pre-training batch carries `mlm_input_ids` and `mlm_labels`.
         label_smoothing (`float`): label smoothing of the contrastive (ITC) loss.
         freeze_vision_encoder, freeze_text_encoder (`bool`): keep the encoder weights fixed during training.
     """
@@ -94,6 +96,7 @@ class VTFusionConfig(PreTrainedConfig):
     itc_loss_weight: float = 1.0
     itm_loss_weight: float = 1.0
     lm_loss_weight: float = 1.0
+    mlm_loss_weight: float = 1.0
     label_smoothing: float = 0.0
     freeze_vision_encoder: bool = False
     freeze_text_encoder: bool = False

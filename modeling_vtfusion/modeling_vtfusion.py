@@ -110,12 +110,14 @@ class VTFusionEncoderOutput(ModelOutput):
 
 @dataclass
 class VTFusionPreTrainingOutput(ModelOutput):
-    """loss = itc_loss_weight * itc_loss + itm_loss_weight * itm_loss + lm_loss_weight * lm_loss; each reported."""
+    """loss = itc_loss_weight * itc_loss + itm_loss_weight * itm_loss + lm_loss_weight * lm_loss (+ mlm_loss_weight *
+    mlm_loss when masked captions are given); each reported."""
 
     loss: torch.Tensor | None = None
     itc_loss: torch.Tensor | None = None
     itm_loss: torch.Tensor | None = None
     lm_loss: torch.Tensor | None = None
+    mlm_loss: torch.Tensor | None = None
     logits_per_image: torch.Tensor | None = None
     logits_per_text: torch.Tensor | None = None
     itm_logits: torch.Tensor | None = None
@@ -949,8 +951,26 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
         return past_key_values
 
 
-class VTFusionForPreTraining(ImageTextMatchingMixin, VTFusionPreTrainedModel):
-    """ITC + ITM (hard negatives) + captioning LM in one forward; the image is encoded once and reused by all three."""
+class MaskedLanguageModelingMixin:
+    """Masked words of a caption predicted from the caption fused with its image (ALBEF's / ViLT's MLM), for heads
+    that hold `self.vtfusion` and `self.mlm_head`. A masked colour, shape or position word can only be recovered by
+    looking at the right place of the image, so this is the pre-training objective that grounds the fusion layers'
+    words (ITM alone gives them one bit per pair; the caption decoder reads the image without them)."""
+
+    def _mlm_loss(self, image_tokens, mlm_input_ids, attention_mask, mlm_labels) -> torch.Tensor:
+        model = self.vtfusion
+        text_tokens, _, _ = model.encode_text(mlm_input_ids, attention_mask)
+        fused = model.fuse(image_tokens, text_tokens, attention_mask).last_hidden_state[:, : mlm_input_ids.shape[1]]
+        masked = mlm_labels != -100  # [B, T]
+        if not masked.any():  # nothing masked (very short texts): a zero that keeps every weight in the graph
+            return 0.0 * self.mlm_head(fused[:, 0]).sum()
+        logits = self.mlm_head(fused[masked])  # [num_masked, vocab]
+        return F.cross_entropy(logits.float(), mlm_labels[masked])
+
+
+class VTFusionForPreTraining(ImageTextMatchingMixin, MaskedLanguageModelingMixin, VTFusionPreTrainedModel):
+    """ITC + ITM (hard negatives) + captioning LM in one forward, plus MLM through the fusion module when the batch
+    carries masked captions (`mlm_input_ids`, `mlm_labels`); the image is encoded once and reused by all of them."""
 
     _tied_weights_keys = {"lm_head.weight": "text_decoder.embed_tokens.weight"}
     accepts_loss_kwargs = False
@@ -959,6 +979,7 @@ class VTFusionForPreTraining(ImageTextMatchingMixin, VTFusionPreTrainedModel):
         super().__init__(config)
         self.vtfusion = VTFusionModel(config)
         self.itm_head = nn.Linear(config.fusion_hidden_size, 2)
+        self.mlm_head = nn.Linear(config.fusion_hidden_size, config.vocab_size)
         self.text_decoder = VTFusionTextDecoder(config)
         self.lm_head = nn.Linear(config.decoder_hidden_size, config.vocab_size, bias=False)
         self.post_init()
@@ -976,14 +997,18 @@ class VTFusionForPreTraining(ImageTextMatchingMixin, VTFusionPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
+        mlm_input_ids: torch.LongTensor | None = None,
+        mlm_labels: torch.LongTensor | None = None,
         return_loss: bool = True,
         return_dict: bool | None = None,
         **kwargs,
     ) -> VTFusionPreTrainingOutput:
         r"""
         B paired images and captions. labels (`[B, T]`, optional): LM targets for the caption decoder; by default
-        the caption itself (`input_ids` without its first [CLS] token, padding ignored). The losses are always
-        computed; `return_loss=True` is declared so that `Trainer` evaluates them without a label column.
+        the caption itself (`input_ids` without its first [CLS] token, padding ignored). mlm_input_ids / mlm_labels
+        (`[B, T]`, optional): the captions with some words masked and the masked words (-100 elsewhere), as
+        `DataCollatorForLanguageModeling` makes them; they add the MLM loss. The losses are always computed;
+        `return_loss=True` is declared so that `Trainer` evaluates them without a label column.
         """
         check_paired(pixel_values, input_ids)
         model = self.vtfusion
@@ -1000,11 +1025,16 @@ class VTFusionForPreTraining(ImageTextMatchingMixin, VTFusionPreTrainedModel):
         lm_loss = F.cross_entropy(lm_logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
         config = self.config
         loss = config.itc_loss_weight * itc_loss + config.itm_loss_weight * itm_loss + config.lm_loss_weight * lm_loss
+        mlm_loss = None
+        if mlm_labels is not None:
+            mlm_loss = self._mlm_loss(image_tokens, mlm_input_ids, attention_mask, mlm_labels)
+            loss = loss + config.mlm_loss_weight * mlm_loss
         return VTFusionPreTrainingOutput(
             loss=loss,
             itc_loss=itc_loss,
             itm_loss=itm_loss,
             lm_loss=lm_loss,
+            mlm_loss=mlm_loss,
             logits_per_text=logits_per_text,
             logits_per_image=logits_per_text.t(),
             itm_logits=itm_logits,

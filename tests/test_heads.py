@@ -419,6 +419,37 @@ def test_pretraining_loss_is_the_config_weighted_sum_of_the_reported_losses():
     torch.testing.assert_close(out.loss, 0.5 * out.itc_loss + 2.0 * out.itm_loss + 0.25 * out.lm_loss)
 
 
+def masked_captions(batch: dict, positions: list[int]) -> dict:
+    """The batch's captions with `positions` replaced by [MASK] (id 4), and MLM labels holding the masked words."""
+    mlm_input_ids, mlm_labels = batch["input_ids"].clone(), torch.full_like(batch["input_ids"], -100)
+    mlm_labels[:, positions] = batch["input_ids"][:, positions]
+    mlm_input_ids[:, positions] = 4
+    return {"mlm_input_ids": mlm_input_ids, "mlm_labels": mlm_labels}
+
+
+def test_pretraining_adds_mlm_when_masked_captions_are_given():
+    model = build(VTFusionForPreTraining, mlm_loss_weight=0.5)
+    batch = random_batch()
+    plain = forward(model, batch)
+    with_mlm = forward(model, batch | masked_captions(batch, [1, 2]))
+
+    assert plain.mlm_loss is None
+    assert with_mlm.mlm_loss.item() > 0
+    torch.testing.assert_close(with_mlm.loss, plain.loss + 0.5 * with_mlm.mlm_loss)
+
+
+def test_mlm_trains_the_fusion_layers_and_overfits_masked_words():
+    model = build(VTFusionForPreTraining, itc_loss_weight=0.0, itm_loss_weight=0.0, lm_loss_weight=0.0).train()
+    batch = random_batch(batch_size=4)
+    batch |= masked_captions(batch, [1, 2])
+    model(**batch).loss.backward()
+
+    fusion_grads = [p.grad for p in model.vtfusion.fusion.parameters() if p.grad is not None]
+    assert fusion_grads and any(grad.abs().sum() > 0 for grad in fusion_grads)
+    first, last = fit(build(VTFusionForPreTraining), batch, 150, ("mlm_loss",), lr=1e-3, target=0.2)
+    assert last["mlm_loss"] < 0.2 * first["mlm_loss"]
+
+
 # -- every head: freezing, gradient checkpointing, save and load -------------------------------------------------
 
 

@@ -17,7 +17,7 @@ import torch
 from accelerate.commands.config.config_args import load_config_from_file
 from huggingface_hub import ModelCard
 from tiny_models import random_batch, tiny_config
-from transformers import BertModel, ViTModel
+from transformers import BertModel, DataCollatorForLanguageModeling, ViTModel
 
 from modeling_vtfusion import (
     VTFusionForConditionalGeneration,
@@ -186,6 +186,22 @@ def test_multitask_batch_flattens_several_statements_per_image_with_their_image_
     for text, label, image in zip(decoded, batch["entailment_labels"], batch["statement_image_index"]):
         known = dict(zip(rows["statements"][image], rows["statement_labels"][image]))
         assert known[text] == label
+
+
+def test_collator_masks_caption_words_for_mlm_and_labels_only_them(tiny_processor):
+    tokenizer = tiny_processor.tokenizer
+    captions = tokenizer(["a red circle at the top left", "two shapes"], return_token_type_ids=False)
+    features = [{"input_ids": ids, "attention_mask": mask} for ids, mask in zip(*captions.values())]
+    mlm = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.5, seed=0)
+
+    batch = VTFusionCollator(tokenizer.pad_token_id, mlm=mlm)(features)
+
+    masked = batch["mlm_labels"] != -100
+    assert masked.any()
+    assert torch.equal(batch["mlm_labels"][masked], batch["input_ids"][masked])
+    special = torch.isin(batch["input_ids"], torch.tensor(tokenizer.all_special_ids))
+    assert not (masked & special).any()
+    assert torch.equal(batch["mlm_input_ids"][~masked], batch["input_ids"][~masked])
 
 
 def test_multitask_checkpoint_serves_every_head(multitask_run):

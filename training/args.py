@@ -108,6 +108,10 @@ class DataArguments:
         default=None,
         metadata={"help": "Multitask training: labels of --train_statement_column (default: --label_column)."},
     )
+    mlm_probability: float = field(
+        default=0.15,
+        metadata={"help": "pretrain / multitask: share of caption words masked for the MLM objective (0: no MLM)."},
+    )
     max_statements_per_image: int = field(
         default=4, metadata={"help": "Multitask: statements trained per image and step (from a list column)."}
     )

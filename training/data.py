@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, IterableDataset, IterableDatasetDict, load_dataset
+from transformers import DataCollatorForLanguageModeling
 
 from training.args import DEFAULT_TEXT_COLUMNS, DataArguments, default_synthshapes_dir
 from training.synthshapes import INFO_FILE, load_synthshapes, write_imagefolder
@@ -300,12 +301,24 @@ class VTFusionCollator:
     """Stacks `pixel_values`, pads token lists and labels; flattens per-image question lists (`NESTED_KEYS`).
 
     `return_loss=True` adds `return_loss` to every batch, for heads that compute a loss without labels (retrieval).
+    `mlm` (a `DataCollatorForLanguageModeling`) adds `mlm_input_ids` / `mlm_labels`: the captions with words masked
+    afresh at every visit, and the masked words (pre-training's MLM objective).
     """
 
     pad_token_id: int
     return_loss: bool = False
+    mlm: DataCollatorForLanguageModeling | None = None
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        batch = self.pad(features)
+        if self.mlm is not None:
+            special = torch.isin(batch["input_ids"], torch.tensor(self.mlm.tokenizer.all_special_ids))
+            batch["mlm_input_ids"], batch["mlm_labels"] = self.mlm.torch_mask_tokens(
+                batch["input_ids"].clone(), special_tokens_mask=special | (batch["attention_mask"] == 0)
+            )
+        return batch
+
+    def pad(self, features: list[dict]) -> dict[str, torch.Tensor]:
         batch = {}
         for key in features[0]:
             values = [feature[key] for feature in features]

@@ -1,10 +1,10 @@
 """All vtfusion heads on one shared base, trained together: what the main job fine-tunes.
 
 `VTFusionForMultitask` holds exactly the modules of the library's heads under their names (`vtfusion`, `itm_head`,
-`text_decoder`, `lm_head`, `classifier`), so its checkpoint is the union of theirs: every head class, and every
+`mlm_head`, `text_decoder`, `lm_head`, `classifier`), so its checkpoint is the union of theirs: every head class, and every
 `Auto*` class of the checkpoint's `auto_map`, loads its own part out of the one folder. One forward encodes each
-image once and spends it on five objectives:
-- ITC + ITM with hard negatives and captioning LM on the image's caption (`VTFusionForPreTraining`'s objectives;
+image once and spends it on every objective:
+- ITC + ITM with hard negatives, captioning LM and MLM on the image's caption (`VTFusionForPreTraining`'s objectives;
   with `itm_loss_weight=0` ITM is skipped, and the captions skip the fusion module);
 - VQA: the decoder answers questions fused with their image (`VTFusionForConditionalGeneration` with `input_ids`);
 - entailment: the classifier reads the fused (image, statement) pair (`VTFusionForSequenceClassification`).
@@ -21,6 +21,7 @@ from transformers.utils import ModelOutput
 from modeling_vtfusion import VTFusionConfig, VTFusionModel, VTFusionPreTrainedModel
 from modeling_vtfusion.modeling_vtfusion import (
     ImageTextMatchingMixin,
+    MaskedLanguageModelingMixin,
     VTFusionTextDecoder,
     caption_labels,
     contrastive_loss,
@@ -47,12 +48,13 @@ class VTFusionMultitaskOutput(ModelOutput):
     itc_loss: torch.Tensor | None = None
     itm_loss: torch.Tensor | None = None
     lm_loss: torch.Tensor | None = None
+    mlm_loss: torch.Tensor | None = None
     vqa_loss: torch.Tensor | None = None
     entailment_loss: torch.Tensor | None = None
     entailment_logits: torch.Tensor | None = None
 
 
-class VTFusionForMultitask(ImageTextMatchingMixin, VTFusionPreTrainedModel):
+class VTFusionForMultitask(ImageTextMatchingMixin, MaskedLanguageModelingMixin, VTFusionPreTrainedModel):
     _tied_weights_keys = {"lm_head.weight": "text_decoder.embed_tokens.weight"}
     accepts_loss_kwargs = False
 
@@ -60,6 +62,7 @@ class VTFusionForMultitask(ImageTextMatchingMixin, VTFusionPreTrainedModel):
         super().__init__(config)
         self.vtfusion = VTFusionModel(config)
         self.itm_head = nn.Linear(config.fusion_hidden_size, 2)
+        self.mlm_head = nn.Linear(config.fusion_hidden_size, config.vocab_size)
         self.text_decoder = VTFusionTextDecoder(config)
         self.lm_head = nn.Linear(config.decoder_hidden_size, config.vocab_size, bias=False)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
@@ -86,6 +89,8 @@ class VTFusionForMultitask(ImageTextMatchingMixin, VTFusionPreTrainedModel):
         entailment_labels: torch.LongTensor,
         statement_image_index: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
+        mlm_input_ids: torch.LongTensor | None = None,
+        mlm_labels: torch.LongTensor | None = None,
         **kwargs,
     ) -> VTFusionMultitaskOutput:
         r"""
@@ -93,6 +98,7 @@ class VTFusionForMultitask(ImageTextMatchingMixin, VTFusionPreTrainedModel):
         `statement_image_index` [S], default one per image; labels `entailment_labels` [S]) and Q questions
         (`question_*` [Q, T], image of each `question_image_index` [Q], answers `answer_labels` [Q, A]).
         labels (`[B, T]`, optional): caption LM targets; by default the caption without its [CLS].
+        mlm_input_ids / mlm_labels (`[B, T]`, optional): masked captions and their masked words (adds the MLM loss).
         """
         model, config = self.vtfusion, self.config
         image_tokens, image_pooled, _ = model.encode_image(pixel_values)  # [B, Ni, Hv], [B, Hv]
@@ -123,11 +129,16 @@ class VTFusionForMultitask(ImageTextMatchingMixin, VTFusionPreTrainedModel):
             + config.lm_loss_weight * (lm_loss + vqa_loss)
             + entailment_loss
         )
+        mlm_loss = None
+        if mlm_labels is not None:
+            mlm_loss = self._mlm_loss(image_tokens, mlm_input_ids, attention_mask, mlm_labels)
+            loss = loss + config.mlm_loss_weight * mlm_loss
         return VTFusionMultitaskOutput(
             loss=loss,
             itc_loss=itc_loss,
             itm_loss=itm_loss,
             lm_loss=lm_loss,
+            mlm_loss=mlm_loss,
             vqa_loss=vqa_loss,
             entailment_loss=entailment_loss,
             entailment_logits=entailment_logits,

@@ -38,6 +38,7 @@ import transformers
 from transformers import (
     AutoImageProcessor,
     AutoTokenizer,
+    DataCollatorForLanguageModeling,
     HfArgumentParser,
     Trainer,
     TrainingArguments,
@@ -80,6 +81,7 @@ from training.tokenizer import train_wordpiece_tokenizer
 logger = logging.getLogger(__name__)
 
 DEFAULT_FUSION_TYPE = "cross_attention"
+MLM_TASKS = ("pretrain", "multitask")  # heads with an MLM objective (`--mlm_probability`)
 
 TASK_HEADS = {
     "pretrain": VTFusionForPreTraining,
@@ -391,6 +393,20 @@ def evaluate_on_test(task, model_dir, processor, test_split, data_args, eval_arg
     return results
 
 
+def build_collator(task: str, processor, data_args: DataArguments, seed: int) -> VTFusionCollator:
+    """Padding, plus the MLM masking of captions for the tasks that pre-train the fusion module with it."""
+    tokenizer = processor.tokenizer
+    mlm = None
+    if task in MLM_TASKS and data_args.mlm_probability > 0:
+        if tokenizer.mask_token_id is None:
+            raise ValueError(
+                f"--mlm_probability {data_args.mlm_probability} needs a tokenizer with a mask token; "
+                f"{type(tokenizer).__name__} has none. Pass --mlm_probability 0 to train without MLM."
+            )
+        mlm = DataCollatorForLanguageModeling(tokenizer, mlm_probability=data_args.mlm_probability, seed=seed)
+    return VTFusionCollator(tokenizer.pad_token_id, return_loss=task == "retrieval", mlm=mlm)
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Runs the command line `argv` (default: `sys.argv`); returns the train, eval and `test_*` metrics."""
     use_cpu_without_accelerator()
@@ -427,7 +443,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=VTFusionCollator(processor.tokenizer.pad_token_id, return_loss=task == "retrieval"),
+        data_collator=build_collator(task, processor, data_args, training_args.seed),
         processing_class=processor,
     )
     metrics = {}
