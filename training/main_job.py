@@ -29,10 +29,10 @@ from pathlib import Path
 from training import attention_check, model_card, train
 
 
-# Measured on this 2-core machine (shared with other work): pre-training ~0.5 s/step, multitask ~1.1 s/step at
-# batch 64, so 300 + 600 steps, data, evaluation and saving take about 14 minutes.
+# Measured on this 2-core machine: pre-training ~0.9 s/step, multitask ~1.3 s/step at batch 64 (4 statements and 5
+# questions per image), so 300 + 400 steps, data, evaluation, the attention check and saving take 811 s.
 PRETRAIN_STEPS = 300
-FINETUNE_STEPS = 600
+FINETUNE_STEPS = 400
 
 # Fusion types whose text tokens attend to image tokens: the attention check draws and scores their maps.
 ATTENTION_FUSION_TYPES = ("cross_attention", "co_attention")
