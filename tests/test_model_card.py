@@ -139,3 +139,29 @@ def test_command_line_writes_the_card_of_an_output_folder(tmp_path):
     assert [result.metric_name for result in card.data.eval_results] == ["CIDEr-D"]
     assert "| Optimizer steps | 60 |" in card.text and "| Peak learning rate | 1.00e-03 |" in card.text
     assert f"| Parameters | {model.num_parameters() / 1e6:.2f}M |" in card.text
+
+
+def test_command_line_card_written_elsewhere_reports_the_main_job_and_carries_its_heat_maps(tmp_path):
+    run, elsewhere = tmp_path / "run", tmp_path / "cards"
+    VTFusionModel(tiny_config()).save_pretrained(run)
+    (run / "results.json").write_text(
+        json.dumps(
+            {
+                "cider": 0.5,
+                "attention_color_hit_rate": 0.5,
+                "attention_color_chance_rate": 0.2,
+                "attention_shape_hit_rate": 0.4,
+                "attention_shape_chance_rate": 0.2,
+            }
+        )
+    )
+    (run / "attention").mkdir()
+    (run / "attention" / "scene_0_red_circle.png").write_bytes(b"\x89PNG")
+    elsewhere.mkdir()
+
+    main([str(run), "--output", str(elsewhere / "example_card.md")])
+
+    card = ModelCard.load(elsewhere / "example_card.md")
+    assert [result.metric_name for result in card.data.eval_results] == ["CIDEr-D"]
+    assert "50% (chance 20%)" in card.text
+    assert (elsewhere / "attention" / "scene_0_red_circle.png").read_bytes() == b"\x89PNG"

@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -228,13 +229,26 @@ def card_tags(config, task: str) -> list[str]:
 
 def encoder_summary(encoder_config, modality: str) -> dict:
     """`kind` (e.g. "ViT") and a one-line description: source, depth, width and the modality's input size."""
-    kind = {"vit": "ViT", "bert": "BERT", "clip_vision_model": "CLIP ViT", "deit": "DeiT", "convnext": "ConvNeXt"}
+    kind = {
+        "vit": "ViT",
+        "bert": "BERT",
+        "clip_vision_model": "CLIP ViT",
+        "deit": "DeiT",
+        "convnext": "ConvNeXt",
+        "resnet": "ResNet",
+    }
     name = kind.get(encoder_config.model_type, encoder_config.model_type)
     source = getattr(encoder_config, "_name_or_path", "") or ""
     origin = f"initialised from `{source}`" if source else "trained from scratch"
     depth = getattr(encoder_config, "num_hidden_layers", None)
     width = getattr(encoder_config, "hidden_size", None)
-    shape = f"{layers(depth)}, width {width}" if depth and width else "see config.json"
+    stages = getattr(encoder_config, "hidden_sizes", None)
+    if depth and width:
+        shape = f"{layers(depth)}, width {width}"
+    elif stages:  # a CNN: its stages' widths
+        shape = f"{len(stages)} stages of widths {'/'.join(map(str, stages))}, feature-map cells as tokens"
+    else:
+        shape = "see config.json"
     if modality == "image" and hasattr(encoder_config, "patch_size"):
         shape += f", {encoder_config.image_size}px images in {encoder_config.patch_size}px patches"
     if modality == "text":
@@ -297,9 +311,13 @@ def main(argv: list[str] | None = None) -> ModelCard:
     args = parser.parse_args(argv)
     folder = Path(args.output_dir)
     config = VTFusionConfig.from_pretrained(folder)
-    results = read_json(folder / "all_results.json")
+    results = read_json(folder / "all_results.json") | read_json(folder / "results.json")  # + the main job's
     state = read_json(folder / "trainer_state.json")
     output = Path(args.output) if args.output else folder / "README.md"
+    if output.parent.resolve() != folder.resolve():  # the heat maps the card links travel with it
+        for png in (folder / "attention").glob("*.png"):
+            (output.parent / "attention").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(png, output.parent / "attention" / png.name)
     return write_model_card(
         output.parent,
         results,
