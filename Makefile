@@ -35,4 +35,4 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.run
 
 study: setup
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m training.fusion_study
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m training.fusion_study $(STUDY_ARGS)
