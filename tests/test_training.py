@@ -204,6 +204,14 @@ def test_collator_masks_caption_words_for_mlm_and_labels_only_them(tiny_processo
     assert torch.equal(batch["mlm_input_ids"][~masked], batch["input_ids"][~masked])
 
 
+def test_mlm_without_a_mask_token_names_the_flag_that_turns_it_off(tiny_processor):
+    tiny_processor.tokenizer.mask_token = None
+
+    with pytest.raises(ValueError, match="--mlm_probability 0"):
+        train.build_collator("pretrain", tiny_processor, DataArguments(), seed=0)
+    assert train.build_collator("pretrain", tiny_processor, DataArguments(mlm_probability=0.0), seed=0).mlm is None
+
+
 def test_multitask_checkpoint_serves_every_head(multitask_run):
     output_dir, _ = multitask_run
 
