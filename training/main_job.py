@@ -4,12 +4,12 @@
 
 1. generates SynthShapes once into a cache folder (20k scenes: 16k train, 2k validation, 2k test);
 2. pre-trains a from-scratch model (ResNet + BERT towers, cross-attention fusion, WordPiece tokenizer trained on the
-   training texts) on image-caption pairs with ITC + ITM + captioning LM (`--task pretrain`). The vision tower is a
+   training texts) on image-caption pairs with ITC + ITM + captioning LM + MLM (`--task pretrain`). The vision tower is a
    small CNN because a ViT learns shapes and positions from scratch far too slowly for this budget (measured: after
    1000 multitask steps a ViT's captions were fluent but wrong about the scene, retrieval R@1 0.20 on 500 images;
    the ResNet reached R@1 0.97 in 600 steps);
 3. fine-tunes the pre-trained base on all tasks at once (`--task multitask`: the pre-training objectives go on, and
-   VQA answers and entailment labels are added), so one base serves every head;
+   VQA answers and entailment labels, 4 statements per image, are added), so one base serves every head;
 4. evaluates on the first `--test_samples` test scenes: retrieval R@1/5/10 both ways over a 1k-image gallery,
    VQA accuracy, entailment accuracy (overall and relational), captioning BLEU-4 / ROUGE-L / CIDEr;
 5. checks where the cross-attention of colour and shape words peaks on `--attention_scenes` unseen scenes (hit rate
