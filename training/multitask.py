@@ -62,11 +62,12 @@ class VTFusionForMultitask(ImageTextMatchingMixin, MaskedLanguageModelingMixin, 
         super().__init__(config)
         self.vtfusion = VTFusionModel(config)
         self.itm_head = nn.Linear(config.fusion_hidden_size, 2)
-        self.mlm_head = nn.Linear(config.fusion_hidden_size, config.vocab_size)
         self.text_decoder = VTFusionTextDecoder(config)
         self.lm_head = nn.Linear(config.decoder_hidden_size, config.vocab_size, bias=False)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.fusion_hidden_size, config.num_labels)
+        # registered last, so the other modules draw the same initial weights as in a head without it
+        self.mlm_head = nn.Linear(config.fusion_hidden_size, config.vocab_size)
         self.post_init()
 
     def get_input_embeddings(self):
