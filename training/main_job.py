@@ -26,6 +26,7 @@ import json
 import time
 from pathlib import Path
 
+from modeling_vtfusion.interpretability import ATTENTION_MAP_FUSION_TYPES
 from training import attention_check, model_card, train
 
 
@@ -33,9 +34,6 @@ from training import attention_check, model_card, train
 # questions per image), so 300 + 400 steps, data, evaluation, the attention check and saving take 811 s.
 PRETRAIN_STEPS = 300
 FINETUNE_STEPS = 400
-
-# Fusion types whose text tokens attend to image tokens: the attention check draws and scores their maps.
-ATTENTION_FUSION_TYPES = ("cross_attention", "co_attention")
 
 # results.json names for the metrics whose task-generic names differ.
 RENAMES = {
@@ -161,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     pretrained = f"{args.output_dir.rstrip('/')}-pretrain"
     train.main(pretrain_args(args, pretrained))
     metrics = train.main(finetune_args(args, pretrained))
-    if args.attention_scenes and args.fusion_type in ATTENTION_FUSION_TYPES:
+    if args.attention_scenes and args.fusion_type in ATTENTION_MAP_FUSION_TYPES:
         png_dir = Path(args.output_dir, "attention")
         attention = attention_check.check_attention(args.output_dir, args.attention_scenes, png_dir=png_dir)
         metrics |= {f"test_attention_{name}": value for name, value in attention.items()}

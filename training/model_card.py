@@ -17,6 +17,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from modeling_vtfusion.interpretability import ATTENTION_MAP_FUSION_TYPES
+
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "vtfusion_card.md.j2"
 SYNTHSHAPES = "synthshapes"
@@ -161,7 +163,7 @@ def write_model_card(
         eval_split=eval_split,
         metrics=metrics,
         training=training,
-        has_cross_attention=config.fusion_type in ("cross_attention", "co_attention", "concat"),
+        has_cross_attention=config.fusion_type in ATTENTION_MAP_FUSION_TYPES,
         attention_check=attention_summary(results),
         attention_maps=sorted(path.name for path in Path(output_dir, "attention").glob("*.png")),
     )
@@ -169,15 +171,18 @@ def write_model_card(
     return card
 
 
+def without_test_prefix(results: dict) -> dict:
+    """`results` with `test_` stripped from names; a `test_` value wins over an unprefixed one of the same name."""
+    values = {name: value for name, value in results.items() if not name.startswith("test_")}
+    return values | {name.removeprefix("test_"): value for name, value in results.items() if name.startswith("test_")}
+
+
 def attention_summary(results: dict) -> dict[str, str] | None:
     """The main job's attention check as percentages per word kind ("color" -> "61% (chance 11%)"), if it ran."""
-
-    def value(name: str) -> float | None:
-        return results.get(f"test_{name}", results.get(name))
-
+    values = without_test_prefix(results)
     summary = {}
     for kind in ("color", "shape"):
-        hit, chance = value(f"attention_{kind}_hit_rate"), value(f"attention_{kind}_chance_rate")
+        hit, chance = values.get(f"attention_{kind}_hit_rate"), values.get(f"attention_{kind}_chance_rate")
         if hit is not None and chance is not None:
             summary[kind] = f"{hit:.0%} (chance {chance:.0%})"
     return summary or None
@@ -195,8 +200,7 @@ def infer_task(config) -> str:
 
 def metric_results(results: dict) -> list[dict]:
     """The task metrics among `results`, in the order of `METRIC_PATTERNS` (then by K), each described for the card."""
-    values = {name: value for name, value in results.items() if not name.startswith("test_")}
-    values |= {name.removeprefix("test_"): value for name, value in results.items() if name.startswith("test_")}
+    values = without_test_prefix(results)
     described = []
     for pattern, (task_type, task_name, metric_type, metric_name) in METRIC_PATTERNS:
         matches = [re.match(pattern, name) for name, value in values.items() if isinstance(value, (int, float))]
