@@ -300,6 +300,16 @@ def test_cnn_tokens_carry_distinct_2d_positions():
     assert torch.cdist(codes, codes).add(torch.eye(20) * 1e3).min() > 0.1, "two positions share a code"
 
 
+def test_cnn_tokens_are_layer_normalised_then_placed():
+    from modeling_vtfusion.modeling_vtfusion import cnn_tokens, sincos_position_grid
+
+    feature_map = torch.rand(2, 32, 3, 3) * 5 + 1  # ReLU-like: positive, with a large shared mean
+    tokens = cnn_tokens(feature_map) - sincos_position_grid(32, 3, 3, feature_map).flatten(1).t()
+    assert tokens.shape == (2, 9, 32)
+    torch.testing.assert_close(tokens.mean(-1), torch.zeros(2, 9), atol=1e-5, rtol=0)
+    torch.testing.assert_close(tokens.var(-1, unbiased=False), torch.ones(2, 9), atol=1e-3, rtol=0)
+
+
 def test_cnn_image_tokens_of_a_mirrored_scene_are_not_a_permutation():
     """Attention is permutation-invariant over its keys: without positions, fusion could not tell left from right."""
     config = tiny_config(vision_config=ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1]).to_dict())

@@ -44,7 +44,14 @@ class ModelArguments:
     )
     # Size of a model trained from scratch (no --model_name_or_path, no pretrained encoders).
     vision_model_type: str = field(
-        default="vit", metadata={"help": "Vision encoder from scratch: vit, or resnet (3 stages up to --hidden_size)."}
+        default="vit", metadata={"help": "Vision encoder from scratch: vit, or resnet (stages up to --hidden_size)."}
+    )
+    resnet_stages: int = field(
+        default=3,
+        metadata={
+            "help": "ResNet stages (from scratch): the feature map is 1/4 of the image after the stem and halves at "
+            "every stage after the first, so 3 stages give 4x4 tokens at 64px and 4 give 3x3 at 96px."
+        },
     )
     image_size: int = field(default=64, metadata={"help": "Image side in pixels (from scratch)."})
     patch_size: int = field(default=8, metadata={"help": "ViT patch side in pixels (from scratch)."})

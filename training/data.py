@@ -166,12 +166,16 @@ def encode_images(processor, images: list) -> list[np.ndarray]:
 
 
 def encode_texts(processor, texts: list[str], max_length: int) -> dict[str, list[list[int]]]:
+    if not texts:  # the tokenizer fails on an empty batch
+        return {"input_ids": [], "attention_mask": []}
     encoding = processor.tokenizer(texts, truncation=True, max_length=max_length, return_token_type_ids=False)
     return {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"]}
 
 
 def encode_targets(processor, texts: list[str], max_length: int) -> list[list[int]]:
     """Generation labels: the tokenised text without its leading [CLS] / BOS ("w1 .. wn [SEP]")."""
+    if not texts:
+        return []
     tokenizer = processor.tokenizer
     start = {tokenizer.cls_token_id, tokenizer.bos_token_id} - {None}
     ids = tokenizer(texts, truncation=True, max_length=max_length + 1)["input_ids"]
@@ -237,24 +241,35 @@ def train_statement_columns(data_args: DataArguments) -> tuple[str, str]:
 
 def multitask_extras(batch: dict, processor, data_args: DataArguments, rng: random.Random) -> dict:
     """Up to `max_statements_per_image` statements + labels and `max_questions_per_image` question/answer pairs per
-    image, as per-image lists (the collator flattens them)."""
-    out = {key: [] for key in NESTED_KEYS}
+    image, as per-image lists (the collator flattens them). Each kind of text is tokenised in one call for the batch
+    (one call per image cost 0.1 s of a 64-image batch)."""
     statement_column, label_column = train_statement_columns(data_args)
+    statement_pairs = []
     for statements, labels in zip(batch[statement_column], batch[label_column]):
         pairs = [(statements, labels)] if isinstance(statements, str) else list(zip(statements, labels))
-        pairs = rng.sample(pairs, min(data_args.max_statements_per_image, len(pairs)))
-        encoded = encode_texts(processor, [statement for statement, _ in pairs], data_args.max_length)
-        out["statement_input_ids"].append(encoded["input_ids"])
-        out["statement_attention_mask"].append(encoded["attention_mask"])
-        out["entailment_labels"].append([label for _, label in pairs])
+        statement_pairs.append(rng.sample(pairs, min(data_args.max_statements_per_image, len(pairs))))
+    qa_pairs = []
     for questions, answers in zip(batch[data_args.question_column], batch[data_args.answer_column]):
         pairs = question_answer_pairs(questions, answers)
-        pairs = rng.sample(pairs, min(data_args.max_questions_per_image, len(pairs)))
-        encoded = encode_texts(processor, [question for question, _ in pairs], data_args.max_length)
-        out["question_input_ids"].append(encoded["input_ids"])
-        out["question_attention_mask"].append(encoded["attention_mask"])
-        out["answer_labels"].append(encode_targets(processor, [answer for _, answer in pairs], data_args.max_length))
-    return out
+        qa_pairs.append(rng.sample(pairs, min(data_args.max_questions_per_image, len(pairs))))
+
+    statements = encode_texts(processor, [text for pairs in statement_pairs for text, _ in pairs], data_args.max_length)
+    questions = encode_texts(processor, [text for pairs in qa_pairs for text, _ in pairs], data_args.max_length)
+    answers = encode_targets(processor, [answer for pairs in qa_pairs for _, answer in pairs], data_args.max_length)
+    return {
+        "statement_input_ids": per_image(statements["input_ids"], statement_pairs),
+        "statement_attention_mask": per_image(statements["attention_mask"], statement_pairs),
+        "entailment_labels": [[label for _, label in pairs] for pairs in statement_pairs],
+        "question_input_ids": per_image(questions["input_ids"], qa_pairs),
+        "question_attention_mask": per_image(questions["attention_mask"], qa_pairs),
+        "answer_labels": per_image(answers, qa_pairs),
+    }
+
+
+def per_image(flat: list, groups: list[list]) -> list[list]:
+    """Splits `flat` (one entry per text of the batch) back into one list per image, as `groups` are sized."""
+    bounds = np.cumsum([0, *map(len, groups)])
+    return [flat[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
 
 
 def prepare_dataset(dataset: AnyDataset, transform: Callable, shuffle_seed: int | None, data_args) -> AnyDataset:

@@ -24,8 +24,6 @@ from modeling_vtfusion.modeling_vtfusion import (
     MaskedLanguageModelingMixin,
     VTFusionTextDecoder,
     caption_labels,
-    contrastive_loss,
-    gather_with_grad,
     shift_tokens_right,
 )
 
@@ -105,12 +103,9 @@ class VTFusionForMultitask(ImageTextMatchingMixin, MaskedLanguageModelingMixin, 
         image_tokens, image_pooled, _ = model.encode_image(pixel_values)  # [B, Ni, Hv], [B, Hv]
 
         text_tokens, text_pooled, _ = model.encode_text(input_ids, attention_mask)
-        if config.itm_loss_weight:
-            itc_loss, itm_loss, _, _ = self._itc_and_itm(
-                image_tokens, image_pooled, text_tokens, text_pooled, input_ids, attention_mask
-            )
-        else:  # no ITM: the captions skip the fusion module (3 fused pairs per image)
-            itc_loss, itm_loss = self._itc_loss(image_pooled, text_pooled), torch.zeros_like(image_pooled[0, 0])
+        itc_loss, itm_loss, _, _ = self._itc_and_itm(  # itm_loss_weight=0: no ITM, the captions skip the fusion
+            image_tokens, image_pooled, text_tokens, text_pooled, input_ids, attention_mask
+        )
         if labels is None:
             labels = caption_labels(input_ids, attention_mask)
         lm_loss = self._decoder_loss(model.image_to_fusion(image_tokens), None, labels)
@@ -144,13 +139,6 @@ class VTFusionForMultitask(ImageTextMatchingMixin, MaskedLanguageModelingMixin, 
             entailment_loss=entailment_loss,
             entailment_logits=entailment_logits,
         )
-
-    def _itc_loss(self, image_pooled, text_pooled) -> torch.Tensor:
-        """Contrastive loss over the global batch, as VTFusionForPreTraining computes it."""
-        model = self.vtfusion
-        image_embeds = gather_with_grad(F.normalize(model.visual_projection(image_pooled), dim=-1))
-        text_embeds = gather_with_grad(F.normalize(model.text_projection(text_pooled), dim=-1))
-        return contrastive_loss(model.similarity(image_embeds, text_embeds), self.config.label_smoothing)
 
     def _decoder_loss(self, memory, memory_mask, labels) -> torch.Tensor:
         """Next-token cross-entropy of the decoder reading `memory` [N, M, H], as VTFusionForConditionalGeneration."""
