@@ -494,11 +494,14 @@ class VTFusionModel(VTFusionPreTrainedModel):
 class ImageTextMatchingMixin:
     """ITC + ITM with hard negatives, for heads that hold `self.vtfusion` and `self.itm_head`."""
 
-    def _itc_and_itm(self, image_tokens, image_pooled, text_tokens, text_pooled, input_ids, attention_mask):
+    def _itc_and_itm(
+        self, image_tokens, image_pooled, text_tokens, text_pooled, input_ids, attention_mask, with_itm=None
+    ):
         """Losses for B paired inputs; under several processes, over the global batch gathered with gradients.
 
         Returns (itc_loss, itm_loss, logits_per_text [B, B_global], itm_logits of the B positive pairs [B, 2]); with
-        `itm_loss_weight=0`, ITM is skipped (itm_loss 0, itm_logits None).
+        `with_itm=False` (default: whether `itm_loss_weight` is non-zero) ITM is skipped: itm_loss 0, itm_logits None,
+        a third of a pre-training step saved.
         """
         model = self.vtfusion
         image_embeds = F.normalize(model.visual_projection(image_pooled), dim=-1)
@@ -508,9 +511,7 @@ class ImageTextMatchingMixin:
         itc_loss = contrastive_loss(all_logits_per_text, self.config.label_smoothing)
         batch, start = image_tokens.shape[0], dist.get_rank() * image_tokens.shape[0] if world_size() > 1 else 0
         rows = torch.arange(start, start + batch, device=image_tokens.device)
-        if (
-            not self.config.itm_loss_weight
-        ):  # ITM switched off: no fusion, no negatives (a third of a pre-training step)
+        if not (bool(self.config.itm_loss_weight) if with_itm is None else with_itm):  # no fusion, no negatives
             return itc_loss, torch.zeros_like(itc_loss), all_logits_per_text[rows], None
 
         if attention_mask is None:

@@ -167,6 +167,41 @@ def test_multitask_losses_are_those_of_the_heads_with_the_same_weights():
     torch.testing.assert_close(multitask.entailment_logits, classification(pixel_values=pixels, **texts).logits)
 
 
+def test_multitask_without_itm_trains_no_itm_weight_and_keeps_the_saved_loss_weight(synthshapes, tmp_path):
+    pretrained = tmp_path / "pretrain"
+    train.main(run_args(synthshapes, pretrained, "pretrain", "--do_train", "--max_steps=1"))
+    before = VTFusionForMultitask.from_pretrained(pretrained).itm_head.weight.detach().clone()
+
+    args = ["--do_train", "--max_steps=2", f"--model_name_or_path={pretrained}", "--multitask_itm=false"]
+    metrics = train.main(run_args(synthshapes, tmp_path / "multitask", "multitask", *args))
+
+    assert math.isfinite(metrics["train_loss"])
+    after = VTFusionForMultitask.from_pretrained(tmp_path / "multitask")
+    torch.testing.assert_close(after.itm_head.weight, before, atol=0, rtol=0)
+    assert after.config.itm_loss_weight == 1.0  # a retrieval run from this checkpoint trains ITM again
+
+
+def test_pretraining_with_itm_weight_zero_skips_itm():
+    model = VTFusionForPreTraining(tiny_config(itm_loss_weight=0.0))
+    batch = random_batch(batch_size=3, length=8)
+
+    outputs = model(**batch)
+
+    assert outputs.itm_logits is None and outputs.itm_loss == 0
+    outputs.loss.backward()
+    assert model.itm_head.weight.grad is None
+
+
+@pytest.mark.parametrize(("stages", "image_size", "grid"), [(3, 64, 4), (4, 96, 3)])
+def test_resnet_stages_set_the_token_grid(stages, image_size, grid, synthshapes, tmp_path):
+    args = ["--vision_model_type=resnet", f"--resnet_stages={stages}", f"--image_size={image_size}"]
+    train.main(run_args(synthshapes, tmp_path, "retrieval", "--do_train", "--max_steps=1", *args))
+
+    model = VTFusionModel.from_pretrained(tmp_path)
+    tokens, _, _ = model.encode_image(torch.zeros(1, 3, image_size, image_size))
+    assert tokens.shape[1] == grid * grid
+
+
 def test_multitask_batch_flattens_several_statements_per_image_with_their_image_index(synthshapes, tiny_processor):
     data_args = DataArguments(
         text_column="caption", train_statement_column="statements", train_label_column="statement_labels"

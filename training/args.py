@@ -64,6 +64,13 @@ class ModelArguments:
     tokenizer_vocab_size: int = field(
         default=1000, metadata={"help": "Largest WordPiece vocabulary trained on the training texts (from scratch)."}
     )
+    multitask_itm: bool = field(
+        default=True,
+        metadata={
+            "help": "Multitask: also train ITM on the captions (false: skip it, ~40% of a step, and keep the "
+            "pre-trained ITM head; the saved config is unchanged)."
+        },
+    )
     config_overrides: str | None = field(
         default=None,
         metadata={"help": "VTFusionConfig fields to set, e.g. 'hidden_dropout_prob=0.1,itm_loss_weight=0.5'."},

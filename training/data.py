@@ -253,7 +253,9 @@ def multitask_extras(batch: dict, processor, data_args: DataArguments, rng: rand
         pairs = question_answer_pairs(questions, answers)
         qa_pairs.append(rng.sample(pairs, min(data_args.max_questions_per_image, len(pairs))))
 
-    statements = encode_texts(processor, [text for pairs in statement_pairs for text, _ in pairs], data_args.max_length)
+    statements = encode_texts(
+        processor, [text for pairs in statement_pairs for text, _ in pairs], data_args.max_length
+    )
     questions = encode_texts(processor, [text for pairs in qa_pairs for text, _ in pairs], data_args.max_length)
     answers = encode_targets(processor, [answer for pairs in qa_pairs for _, answer in pairs], data_args.max_length)
     return {
