@@ -68,7 +68,7 @@ class VTFusionForMultitask(ImageTextMatchingMixin, MaskedLanguageModelingMixin, 
         self.mlm_head = nn.Linear(config.fusion_hidden_size, config.vocab_size)
         # a training choice, not a property of the checkpoint: `--multitask_itm false` skips ITM (its three fused
         # captions per image cost ~40% of a step) and leaves the pre-trained ITM head as it is
-        self.train_itm = bool(config.itm_loss_weight)
+        self.skip_itm = False
         self.post_init()
 
     def get_input_embeddings(self):
@@ -106,8 +106,9 @@ class VTFusionForMultitask(ImageTextMatchingMixin, MaskedLanguageModelingMixin, 
         image_tokens, image_pooled, _ = model.encode_image(pixel_values)  # [B, Ni, Hv], [B, Hv]
 
         text_tokens, text_pooled, _ = model.encode_text(input_ids, attention_mask)
-        itc_loss, itm_loss, _, _ = self._itc_and_itm(  # without ITM, the captions skip the fusion module
-            image_tokens, image_pooled, text_tokens, text_pooled, input_ids, attention_mask, with_itm=self.train_itm
+        with_itm = False if self.skip_itm else None  # None: as itm_loss_weight says; without ITM, no fused captions
+        itc_loss, itm_loss, _, _ = self._itc_and_itm(
+            image_tokens, image_pooled, text_tokens, text_pooled, input_ids, attention_mask, with_itm=with_itm
         )
         if labels is None:
             labels = caption_labels(input_ids, attention_mask)

@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     checkpoint = resolve_checkpoint(training_args)
     model, processor = build_model_and_processor(task, train_split, model_args, data_args, training_args, checkpoint)
     if task == "multitask":
-        model.train_itm = model.train_itm and model_args.multitask_itm
+        model.skip_itm = not model_args.multitask_itm
     logger.info(f"{type(model).__name__} ({model.config.fusion_type}): {model.num_parameters() / 1e6:.2f}M parameters")
 
     train_dataset = eval_dataset = None
