@@ -20,6 +20,7 @@ from tiny_models import random_batch, tiny_config
 from transformers import BertModel, DataCollatorForLanguageModeling, ViTModel
 
 from modeling_vtfusion import (
+    VTFusionConfig,
     VTFusionForConditionalGeneration,
     VTFusionForImageTextRetrieval,
     VTFusionForPreTraining,
@@ -181,6 +182,28 @@ def test_multitask_without_itm_trains_no_itm_weight_and_keeps_the_saved_loss_wei
     assert after.config.itm_loss_weight == 1.0  # a retrieval run from this checkpoint trains ITM again
 
 
+def test_multitask_from_a_pretrained_base_starts_its_classifier_as_the_itm_head(synthshapes, tmp_path):
+    pretrained = tmp_path / "pretrain"
+    train.main(run_args(synthshapes, pretrained, "pretrain", "--do_train", "--max_steps=1"))
+    itm_head = VTFusionForPreTraining.from_pretrained(pretrained).itm_head
+
+    args = ["--do_train", "--max_steps=1", "--learning_rate=0", f"--model_name_or_path={pretrained}"]
+    train.main(run_args(synthshapes, tmp_path / "multitask", "multitask", *args))
+
+    classifier = VTFusionForMultitask.from_pretrained(tmp_path / "multitask").classifier
+    torch.testing.assert_close(classifier.weight, itm_head.weight, atol=0, rtol=0)
+    torch.testing.assert_close(classifier.bias, itm_head.bias, atol=0, rtol=0)
+
+
+def test_mlp_ratio_sets_the_feed_forward_width_of_every_transformer(synthshapes, tmp_path):
+    train.main(run_args(synthshapes, tmp_path, "captioning", "--do_train", "--max_steps=1", "--mlp_ratio=2"))
+
+    config = VTFusionConfig.from_pretrained(tmp_path)
+    hidden = config.text_config.hidden_size
+    assert config.text_config.intermediate_size == config.fusion_intermediate_size == 2 * hidden
+    assert config.decoder_intermediate_size == 2 * hidden
+
+
 def test_pretraining_with_itm_weight_zero_skips_itm():
     model = VTFusionForPreTraining(tiny_config(itm_loss_weight=0.0))
     batch = random_batch(batch_size=3, length=8)
@@ -339,6 +362,18 @@ def test_fusion_study_writes_table_and_chart(tmp_path):
 
     assert table.splitlines()[3].startswith("| late |") and "0.250" in table.splitlines()[3]
     assert (tmp_path / "chart.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fusion_study_reuses_finished_runs_instead_of_training_them_again(tmp_path):
+    metrics = dict.fromkeys(fusion_study.COLUMNS, 0.75) | {"wall_time_s": 2.0}
+    (tmp_path / "late").mkdir()
+    (tmp_path / "late" / "results.json").write_text(json.dumps(metrics))
+
+    results = fusion_study.main([f"--output_dir={tmp_path}", "--fusion_types", "late"])
+
+    assert results == {"late": metrics}
+    assert "| late | 0.750 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "fusion_study.png").exists()
 
 
 @pytest.mark.parametrize("config", sorted((REPO_ROOT / "training" / "configs").glob("*.yaml")), ids=lambda p: p.stem)

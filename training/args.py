@@ -58,6 +58,12 @@ class ModelArguments:
     hidden_size: int = field(default=192, metadata={"help": "Width of both encoders (from scratch)."})
     num_hidden_layers: int = field(default=4, metadata={"help": "Depth of each encoder (from scratch)."})
     num_attention_heads: int = field(default=3, metadata={"help": "Attention heads of each encoder (from scratch)."})
+    mlp_ratio: int = field(
+        default=4,
+        metadata={
+            "help": "Feed-forward width of the transformers from scratch, in multiples of --hidden_size (BERT: 4)."
+        },
+    )
     num_fusion_layers: int = field(default=2, metadata={"help": "Depth of the fusion module."})
     decoder_num_hidden_layers: int = field(default=2, metadata={"help": "Depth of the text decoder."})
     projection_dim: int = field(default=128, metadata={"help": "Size of the shared image-text embedding space."})

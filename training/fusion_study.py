@@ -6,7 +6,9 @@ Each fusion type runs the main job's recipe (`training.main_job`: pre-training, 
 same data, steps, sizes and seed, in `<output_dir>/<fusion_type>/`. The study writes `results.json`, a markdown
 table `results.md` and a bar chart `fusion_study.png` of entailment accuracy (overall and on the relational
 statements, which only a model that relates the words to positions in the image can get right), VQA accuracy and
-retrieval R@1 per fusion type.
+retrieval R@1 per fusion type. A fusion type whose folder already holds a `results.json` (a finished run) is not
+trained again unless `--overwrite` is given, so a study that was stopped goes on where it stopped, and more fusion
+types can be added to it later.
 """
 
 import argparse
@@ -34,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fusion_types", nargs="+", default=list(FUSION_TYPES), choices=FUSION_TYPES)
     parser.add_argument("--pretrain_steps", type=int, default=main_job.PRETRAIN_STEPS)
     parser.add_argument("--finetune_steps", type=int, default=main_job.FINETUNE_STEPS)
+    parser.add_argument("--overwrite", action="store_true", help="Train again fusion types that have results.")
     parser.add_argument("--job_args", nargs=argparse.REMAINDER, default=[], help="More `training.main_job` arguments.")
     return parser.parse_args(argv)
 
@@ -70,6 +73,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     output_dir = Path(args.output_dir)
     results = {}
     for fusion_type in args.fusion_types:
+        finished = output_dir / fusion_type / "results.json"
+        if finished.exists() and not args.overwrite:
+            print(f"{fusion_type}: reusing the finished run in {finished.parent} (--overwrite trains it again)")
+            results[fusion_type] = json.loads(finished.read_text())
+            continue
         results[fusion_type] = main_job.main(
             [
                 f"--output_dir={output_dir / fusion_type}",

@@ -240,7 +240,7 @@ def scratch_config(model_args: ModelArguments, data_args: DataArguments, tokeniz
         "hidden_size": model_args.hidden_size,
         "num_hidden_layers": model_args.num_hidden_layers,
         "num_attention_heads": model_args.num_attention_heads,
-        "intermediate_size": 4 * model_args.hidden_size,
+        "intermediate_size": model_args.mlp_ratio * model_args.hidden_size,
         # no dropout, as in the fusion layers: a short run from scratch underfits (BERT's 0.1 also costs 6% of a step)
         "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0,
@@ -266,6 +266,8 @@ def scratch_config(model_args: ModelArguments, data_args: DataArguments, tokeniz
         fusion_type=model_args.fusion_type or DEFAULT_FUSION_TYPE,
         num_fusion_layers=model_args.num_fusion_layers,
         decoder_num_hidden_layers=model_args.decoder_num_hidden_layers,
+        fusion_intermediate_size=model_args.mlp_ratio * model_args.hidden_size,
+        decoder_intermediate_size=model_args.mlp_ratio * model_args.hidden_size,
         projection_dim=model_args.projection_dim,
         max_decoder_position_embeddings=max(64, data_args.max_target_length + 1),
         pad_token_id=tokenizer.pad_token_id,
@@ -299,7 +301,10 @@ def build_model_and_processor(task, train_split, model_args, data_args, training
     if source:
         if model_args.fusion_type:
             kwargs["fusion_type"] = model_args.fusion_type
-        return head.from_pretrained(source, **kwargs), VTFusionProcessor.from_pretrained(source)
+        model, loading = head.from_pretrained(source, output_loading_info=True, **kwargs)
+        if task == "multitask" and "classifier.weight" in loading["missing_keys"]:
+            model.classifier_from_itm_head()
+        return model, VTFusionProcessor.from_pretrained(source)
     if model_args.vision_model_name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(model_args.text_model_name_or_path)
         image_processor = AutoImageProcessor.from_pretrained(model_args.vision_model_name_or_path, backend="pil")
