@@ -7,12 +7,14 @@
    training texts) on image-caption pairs with ITC + ITM + captioning LM + MLM (`--task pretrain`). The vision tower is a
    small CNN because a ViT learns shapes and positions from scratch far too slowly for this budget (measured: after
    1000 multitask steps a ViT's captions were fluent but wrong about the scene, retrieval R@1 0.20 on 500 images;
-   the ResNet reached R@1 0.97 in 600 steps). The 64px scenes are resized to 96px and the ResNet has 4 stages, so
-   its 3x3 feature map puts one token on each cell of the scene's 3x3 grid (with 4x4 tokens at 64px a centred shape
-   straddles four tokens): after 100 steps from scratch ITC was 0.087 vs 0.32 and the caption LM 0.79 vs 0.99, for
-   a CNN that stays a small part of a step;
+   the ResNet reached R@1 0.97 in 600 steps). The transformers' feed-forward layers are 2x their width, not BERT's
+   4x (at width 128 the 4x layers were half of the matmul time; pre-training went from 0.87 to 0.70 s a step). The
+   64px scenes are resized to 96px and the ResNet has 4 stages, so its 3x3 feature map puts one token on each cell
+   of the scene's 3x3 grid (with 4x4 tokens at 64px a centred shape straddles four tokens): after 100 steps from
+   scratch ITC was 0.087 vs 0.32 and the caption LM 0.79 vs 0.99, for a CNN that stays a small part of a step;
 3. fine-tunes the pre-trained base on all tasks at once (`--task multitask`: ITC, captioning LM and MLM go on, and VQA
    answers and entailment labels, all 3-5 statements of each image, are added), so one base serves every head.
+   The entailment classifier starts as the pre-trained ITM head (it leaves chance ~75 steps earlier).
    ITM stays as pre-trained (`--multitask_itm false`): its three fused captions per image would cost ~40% of every
    multitask step. MLM goes on: without it (300 + 500 steps) entailment fell from 0.955 to 0.800 and spatial
    questions from 0.92 to 0.59;
@@ -24,7 +26,7 @@
    every head class loads (config with `auto_map`, code files, safetensors weights, processor, model card).
 
 Both stages run `training.train.main`, the entry point users call; the pre-trained model stays in
-`<output_dir>-pretrain`. The defaults are sized to finish in about 15 minutes on 2 CPU cores.
+`<output_dir>-pretrain`. The defaults finish in 13-15 minutes on 2 CPU cores (787 s measured).
 """
 
 import argparse
@@ -36,9 +38,9 @@ from modeling_vtfusion.interpretability import ATTENTION_MAP_FUSION_TYPES
 from training import attention_check, model_card, train
 
 
-# Measured on this 2-core machine: pre-training ~0.85 s/step, multitask ~1.05 s/step at batch 64 (3-5 statements and
-# 5 questions per image), ~35% more when the shared machine is slow. Measured: 300 + 400 steps 747 s (VQA 0.865,
-# entailment 0.882), 400 + 500 steps 924 s (0.973, 0.984), 300 + 500 steps 1047 s in a slow phase (0.966, 0.955).
+# Measured on this 2-core machine at batch 64 (3-5 statements and 5 questions per image): pre-training 0.70 s a step,
+# multitask 1.07 s a step, 787 s in all (entailment 0.966, VQA 0.961); up to ~30% more when the shared machine is slow.
+# The previous recipe (feed-forward 4x, new classifier, 300 + 500 steps) took 995-1047 s, entailment 0.895-0.955.
 PRETRAIN_STEPS = 350
 FINETUNE_STEPS = 450
 
