@@ -26,7 +26,7 @@
    every head class loads (config with `auto_map`, code files, safetensors weights, processor, model card).
 
 Both stages run `training.train.main`, the entry point users call; the pre-trained model stays in
-`<output_dir>-pretrain`. The defaults finish in 13-15 minutes on 2 CPU cores (787 s measured).
+`<output_dir>-pretrain`. The defaults took 787 s on 2 CPU cores (the shared machine's speed varies by up to ~30%).
 """
 
 import argparse

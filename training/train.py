@@ -236,11 +236,12 @@ def task_config_kwargs(task: str, train_split, data_args: DataArguments) -> dict
 
 def scratch_config(model_args: ModelArguments, data_args: DataArguments, tokenizer, **kwargs) -> VTFusionConfig:
     """A ViT + BERT pair sized by the command line, with the trained tokenizer's vocabulary and special tokens."""
+    intermediate_size = model_args.mlp_ratio * model_args.hidden_size  # every transformer's feed-forward width
     encoder = {
         "hidden_size": model_args.hidden_size,
         "num_hidden_layers": model_args.num_hidden_layers,
         "num_attention_heads": model_args.num_attention_heads,
-        "intermediate_size": model_args.mlp_ratio * model_args.hidden_size,
+        "intermediate_size": intermediate_size,
         # no dropout, as in the fusion layers: a short run from scratch underfits (BERT's 0.1 also costs 6% of a step)
         "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0,
@@ -266,8 +267,8 @@ def scratch_config(model_args: ModelArguments, data_args: DataArguments, tokeniz
         fusion_type=model_args.fusion_type or DEFAULT_FUSION_TYPE,
         num_fusion_layers=model_args.num_fusion_layers,
         decoder_num_hidden_layers=model_args.decoder_num_hidden_layers,
-        fusion_intermediate_size=model_args.mlp_ratio * model_args.hidden_size,
-        decoder_intermediate_size=model_args.mlp_ratio * model_args.hidden_size,
+        fusion_intermediate_size=intermediate_size,
+        decoder_intermediate_size=intermediate_size,
         projection_dim=model_args.projection_dim,
         max_decoder_position_embeddings=max(64, data_args.max_target_length + 1),
         pad_token_id=tokenizer.pad_token_id,
