@@ -1,5 +1,9 @@
 """VTFusion configuration: two pretrained-or-random encoders, an alignment space, a fusion module and a decoder."""
 
+from .compat import MINIMUM_TRANSFORMERS  # noqa: F401  (first: an unsupported transformers fails here, with the fix)
+
+
+# isort: split
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec

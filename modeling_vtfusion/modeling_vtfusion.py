@@ -6,6 +6,10 @@ sequences with the strategy of `config.fusion_type` (see `fusion.py`). Heads rea
 classification) or decode text from the fused tokens (captioning, VQA).
 """
 
+from .compat import MINIMUM_TRANSFORMERS  # noqa: F401  (first: an unsupported transformers fails here, with the fix)
+
+
+# isort: split
 import inspect
 from dataclasses import dataclass
 
@@ -17,7 +21,7 @@ from transformers import AutoConfig, AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.loss.loss_utils import ForSequenceClassificationLoss
-from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, Seq2SeqLMOutput, SequenceClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_vtfusion import VTFusionConfig, encoder_hidden_size
@@ -83,23 +87,6 @@ class VTFusionRetrievalOutput(ModelOutput):
 
 
 @dataclass
-class VTFusionGenerationOutput(ModelOutput):
-    """
-    loss (`[]`): next-token cross-entropy over `labels` (positions set to -100 are ignored).
-    logits (`[B, T, vocab_size]`): decoder logits.
-    past_key_values (`EncoderDecoderCache`): decoder self-attention and memory cross-attention keys/values.
-    encoder_last_hidden_state (`[B, N, fusion_hidden_size]`): the memory the decoder attends to.
-    cross_attentions (tuple of `[B, heads, T, N]`): decoder-to-memory attention, on request.
-    """
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    past_key_values: Cache | None = None
-    encoder_last_hidden_state: torch.Tensor | None = None
-    cross_attentions: tuple[torch.Tensor, ...] | None = None
-
-
-@dataclass
 class VTFusionEncoderOutput(ModelOutput):
     """What the decoder reads: memory tokens [B, N, H] and their mask [B, N] (image tokens, or fused image-text)."""
 
@@ -151,6 +138,11 @@ class VTFusionRankingOutput(ModelOutput):
     scores: torch.Tensor | None = None
     itc_indices: torch.Tensor | None = None
     itc_scores: torch.Tensor | None = None
+
+
+# transformers 5.24 renamed the generation cache from `past_key_values` to `cache`, in model outputs and in what
+# `generate()` passes to `forward`. The library's own output class carries the name of the release that is installed.
+CACHE_NAME = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "past_key_values"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -877,16 +869,21 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
         decoder_attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         encoder_outputs: VTFusionEncoderOutput | None = None,
+        cache: Cache | None = None,
         past_key_values: Cache | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> VTFusionGenerationOutput:
+    ) -> Seq2SeqLMOutput:
         r"""
         labels (`[B, T]`): target tokens ending with `eos_token_id`, -100 where ignored; the decoder reads them
         shifted right behind `decoder_start_token_id`.
+        cache / past_key_values (`EncoderDecoderCache`): decoder self-attention and memory cross-attention keys/values;
+        `cache` is the name from transformers 5.24 on, `past_key_values` before (both accepted, either returned under
+        the installed release's name).
         """
+        past_key_values = cache if cache is not None else past_key_values
         if encoder_outputs is None:
             encoder_outputs = self.encode(pixel_values, input_ids, attention_mask, token_type_ids)
         if decoder_input_ids is None:
@@ -909,42 +906,13 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
-        return VTFusionGenerationOutput(
+        return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=past_key_values if use_cache else None,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
             cross_attentions=cross_maps if output_attentions else None,
+            **{CACHE_NAME: past_key_values if use_cache else None},
         )
-
-    def prepare_inputs_for_generation(
-        self,
-        decoder_input_ids,
-        past_key_values=None,
-        encoder_outputs=None,
-        decoder_attention_mask=None,
-        use_cache=None,
-        pixel_values=None,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        **kwargs,
-    ):
-        """Only the tokens the cache has not seen go to the decoder; the memory comes from `encoder_outputs`."""
-        if past_key_values is not None:
-            decoder_input_ids = decoder_input_ids[:, past_key_values.get_seq_length() :]
-        return {
-            "decoder_input_ids": decoder_input_ids,
-            "decoder_attention_mask": decoder_attention_mask,
-            "encoder_outputs": encoder_outputs,
-            "past_key_values": past_key_values,
-            "use_cache": use_cache,
-            "pixel_values": pixel_values if encoder_outputs is None else None,
-            "input_ids": input_ids if encoder_outputs is None else None,
-            "attention_mask": attention_mask if encoder_outputs is None else None,
-            "token_type_ids": token_type_ids if encoder_outputs is None else None,
-            "output_attentions": kwargs.get("output_attentions"),
-        }
 
     @staticmethod
     def _reorder_cache(past_key_values: Cache, beam_idx: torch.LongTensor) -> Cache:

@@ -9,6 +9,10 @@ so on any machine:
 With the package installed, importing `modeling_vtfusion` also registers both tasks with `PIPELINE_REGISTRY`.
 """
 
+from .compat import MINIMUM_TRANSFORMERS  # noqa: F401  (first: an unsupported transformers fails here, with the fix)
+
+
+# isort: split
 from transformers import AutoModelForNextSentencePrediction, AutoModelForSequenceClassification
 from transformers.image_utils import load_image
 from transformers.pipelines import PIPELINE_REGISTRY, Pipeline

@@ -13,10 +13,14 @@
 # limitations under the License.
 """Processor class for VTFusion: any image processor plus any tokenizer."""
 
+from .compat import MINIMUM_TRANSFORMERS  # noqa: F401  (first: an unsupported transformers fails here, with the fix)
+
+
+# isort: split
 import numpy as np
 import torch
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
 from transformers.utils import logging
 
 from .image_utils import to_rgb_images
@@ -31,6 +35,12 @@ TRUNCATION_WARNING = (
     "Some texts were longer than the maximum length and were truncated. Pass `max_length=` to change the limit, or "
     "`truncation=False` to keep whole texts (the text encoder may then fail on them)."
 )
+
+
+class VTFusionProcessorKwargs(ProcessingKwargs, total=False):
+    # Lowest-priority defaults of `_merge_kwargs`: call kwargs and `text_kwargs={...}` override them. Declared here
+    # rather than as the processor's `text_kwargs` attribute, which transformers reads only from 5.23 on.
+    _defaults = {"text_kwargs": {"padding": True, "truncation": True}}
 
 
 class VTFusionProcessor(ProcessorMixin):
@@ -52,8 +62,6 @@ class VTFusionProcessor(ProcessorMixin):
     # In transformers 5.x the sub-processors are read from the `__init__` signature (`get_attributes`) and loaded with
     # `AutoImageProcessor` / `AutoTokenizer`; `attributes` and `*_class` attributes are no longer needed (`*_class`
     # is deprecated and warns on load).
-    # Lowest-priority defaults of `_merge_kwargs`: call kwargs and `text_kwargs={...}` override them.
-    text_kwargs = {"padding": True, "truncation": True}
 
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
         super().__init__(image_processor, tokenizer, **kwargs)
@@ -62,11 +70,7 @@ class VTFusionProcessor(ProcessorMixin):
         self,
         images=None,
         text: str | list[str] | None = None,
-        padding: bool | str | None = None,
-        truncation: bool | str | None = None,
-        max_length: int | None = None,
-        return_tensors: str | None = None,
-        **kwargs,
+        **kwargs: Unpack[VTFusionProcessorKwargs],
     ) -> BatchFeature:
         r"""
         Prepares images and/or texts for a VTFusion model.
@@ -79,6 +83,9 @@ class VTFusionProcessor(ProcessorMixin):
                 [`~image_utils.to_rgb_images`] for how each kind is read.
             text (`str` or `list[str]`, *optional*):
                 One text or a batch of texts. Empty and whitespace-only strings are valid texts.
+            **kwargs: routed by `ProcessorMixin` to the tokenizer or the image processor, whichever accepts them
+                (e.g. `padding=`, `do_center_crop=False`, `add_special_tokens=False`), or given per modality:
+                `images_kwargs={...}`, `text_kwargs={...}`. The ones most used:
             padding (`bool` or `str`, *optional*, defaults to `True`):
                 Pads texts to the longest one of the batch (`True`), to `max_length` (`"max_length"`) or not at all.
             truncation (`bool` or `str`, *optional*, defaults to `True`):
@@ -88,9 +95,6 @@ class VTFusionProcessor(ProcessorMixin):
                 Maximum number of tokens per text.
             return_tensors (`str`, *optional*):
                 `"pt"` for torch tensors, `"np"` for numpy arrays; `None` returns lists.
-            **kwargs:
-                Passed to the image processor or the tokenizer, whichever accepts them (e.g. `do_center_crop=False`,
-                `add_special_tokens=False`), or per modality: `images_kwargs={...}`, `text_kwargs={...}`.
 
         Returns:
             [`BatchFeature`] with `pixel_values` (`[num_images, 3, height, width]`) when images are given, and
@@ -107,20 +111,19 @@ class VTFusionProcessor(ProcessorMixin):
         """
         if images is None and text is None:
             raise ValueError(f"{type(self).__name__} needs `images`, `text` or both; got neither.")
-        call_kwargs = {"padding": padding, "truncation": truncation, "max_length": max_length}
-        call_kwargs = {name: value for name, value in call_kwargs.items() if value is not None}
-        merged_kwargs = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **call_kwargs, **kwargs)
+        merged_kwargs = self._merge_kwargs(
+            VTFusionProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
+        )
         text_kwargs, images_kwargs = merged_kwargs["text_kwargs"], merged_kwargs["images_kwargs"]
         # The sub-processors return lists; the BatchFeature below converts them all at once.
-        nested_return_tensors = [text_kwargs.pop("return_tensors", None), images_kwargs.pop("return_tensors", None)]
-        return_tensors = return_tensors or nested_return_tensors[0] or nested_return_tensors[1]
+        return_tensors = [modality.pop("return_tensors", None) for modality in (text_kwargs, images_kwargs)]
 
         data = {}
         if text is not None:
             data.update(self._encode_texts(as_text_batch(text), text_kwargs))
         if images is not None:
             data.update(self._encode_images(images, images_kwargs))
-        return BatchFeature(data, tensor_type=return_tensors)
+        return BatchFeature(data, tensor_type=return_tensors[0] or return_tensors[1])
 
     def _encode_texts(self, texts: list[str], text_kwargs: dict) -> dict:
         encoding = self.tokenizer(texts, **text_kwargs)

@@ -14,77 +14,27 @@ from pathlib import Path
 
 import pytest
 import torch
+from colour_checkpoint import colour_config, colour_processor, save_trained_colour_checkpoint
 from pipeline_runs import CAPTIONS, CLASS_NAMES, COLOURS, QUESTION, colour_image, run_pipelines
-from tiny_models import TINY_TEXT, tiny_config
-from transformers import BertTokenizer, ViTImageProcessorPil, pipeline
+from tiny_models import tiny_config
+from transformers import pipeline
 
-from modeling_vtfusion import ImageTextClassificationPipeline, VTFusionForSequenceClassification, VTFusionProcessor
-from modeling_vtfusion.modeling_vtfusion import caption_labels
+from modeling_vtfusion import ImageTextClassificationPipeline, VTFusionForSequenceClassification
 from modeling_vtfusion.pipelines import CUSTOM_PIPELINES
-from training.multitask import VTFusionForMultitask
 
 
 TESTS = Path(__file__).resolve().parent
-TRAINING_STEPS = 200
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "the", "what", "colour", "is", "shape"]
-VOCAB += ["circle", "star", "square", "red", "green", "blue"]
-
-
-def colour_batches(processor):
-    """Multitask batches over the three colours: captions, one question each, and statements, true when shift == 0:
-    every image meets every caption, and each image half of the time its own."""
-    colours = list(COLOURS)
-    captions = processor(
-        images=[colour_image(c) for c in colours], text=[CAPTIONS[c] for c in colours], return_tensors="pt"
-    )
-    questions = processor(text=[QUESTION] * len(colours), return_tensors="pt")
-    answers = processor.tokenizer(colours, return_tensors="pt", padding=True)
-    batches = []
-    for shifts in [(0, 0, 0), (0, 1, 2), (1, 2, 0), (2, 0, 1)]:  # row i states the caption of colour i + shift
-        statements = [CAPTIONS[colours[(i + s) % len(colours)]] for i, s in enumerate(shifts)]
-        statement_inputs = processor(text=statements, return_tensors="pt")
-        batches.append(
-            {
-                "pixel_values": captions["pixel_values"],
-                "input_ids": captions["input_ids"],
-                "attention_mask": captions["attention_mask"],
-                "question_input_ids": questions["input_ids"],
-                "question_attention_mask": questions["attention_mask"],
-                "question_image_index": torch.arange(len(colours)),
-                "answer_labels": caption_labels(answers["input_ids"], answers["attention_mask"]),
-                "statement_input_ids": statement_inputs["input_ids"],
-                "statement_attention_mask": statement_inputs["attention_mask"],
-                "entailment_labels": torch.tensor([int(s == 0) for s in shifts]),
-            }
-        )
-    return batches
 
 
 @pytest.fixture(scope="module")
 def processor():
-    """A fixed word-level vocabulary (a trained WordPiece numbers tokens differently from run to run, and so would
-    make the few-second training below irreproducible)."""
-    tokenizer = BertTokenizer(vocab={word: i for i, word in enumerate(VOCAB)}, model_max_length=32)
-    assert tokenizer.vocab_size == len(VOCAB)
-    size = {"height": 32, "width": 32}
-    return VTFusionProcessor(image_processor=ViTImageProcessorPil(size=size), tokenizer=tokenizer)
+    return colour_processor()
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, processor):
-    """A folder laid out as a Hub repo: a tiny multitask model trained to caption, answer, match and classify."""
-    torch.manual_seed(0)
-    text_config = dict(TINY_TEXT, vocab_size=len(VOCAB))
-    model = VTFusionForMultitask(tiny_config(text_config=text_config, id2label=CLASS_NAMES))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    batches = colour_batches(processor)
-    for step in range(TRAINING_STEPS):
-        model(**batches[step % len(batches)]).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
     folder = tmp_path_factory.mktemp("checkpoint")
-    model.eval().save_pretrained(folder)
-    processor.save_pretrained(folder)
+    save_trained_colour_checkpoint(folder, processor)
     return folder
 
 
@@ -204,8 +154,7 @@ def test_checkpoint_names_both_custom_pipelines_and_carries_their_code(checkpoin
 
 
 def test_registered_custom_task_runs_on_a_model_in_memory(processor):
-    text_config = dict(TINY_TEXT, vocab_size=len(VOCAB))
-    model = VTFusionForSequenceClassification(tiny_config(text_config=text_config, id2label=CLASS_NAMES)).eval()
+    model = VTFusionForSequenceClassification(colour_config()).eval()
     classifier = pipeline("image-text-classification", model=model, processor=processor)  # PIPELINE_REGISTRY
     assert type(classifier) is ImageTextClassificationPipeline
     ranking = classifier(colour_image("red"), text=CAPTIONS["red"], function_to_apply="sigmoid")
