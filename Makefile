@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 OUT ?= outputs/vtfusion-synthshapes
 
-.PHONY: setup test lint format demo bench study
+.PHONY: setup test compat lint format demo bench study
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ format: setup
 
 test: lint
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/pytest -n 2 --dist loadfile -q
+
+# The checkpoint code under the oldest supported and the newest transformers (part of `make test`; this runs it alone).
+compat: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q tests/test_transformers_versions.py
 
 demo: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m training.main_job --output_dir $(OUT)

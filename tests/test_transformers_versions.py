@@ -6,7 +6,7 @@ time), `remote_checks.py` loads each as remote code and runs forward, `generate(
 processor and every pipeline. Everything must match what the package itself gives here.
 
 The environments are kept in `.venv-compat/` and refreshed on each run (the newest one upgrades when a release
-appears). `make compat` runs this file alone.
+appears). `make compat` runs this file alone; `VTFUSION_EXTRA_TRANSFORMERS=5.22.2,5.23.0 make compat` adds releases.
 """
 
 import json
@@ -17,8 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 from colour_checkpoint import colour_config, colour_processor, save_trained_colour_checkpoint
+from packaging.requirements import Requirement
+from packaging.version import Version
 from remote_checks import GENERATION_RUNS, HEADS, NEW_TOKENS, PIPELINES_FOLDER, run_checks
 from safetensors.torch import load_file
 
@@ -35,6 +38,20 @@ from modeling_vtfusion.compat import MINIMUM_TRANSFORMERS
 TESTS = Path(__file__).resolve().parent
 VENVS = TESTS.parent / ".venv-compat"
 RELEASES = {"minimum": f"transformers=={MINIMUM_TRANSFORMERS}", "newest": "transformers"}
+# More releases to check on demand, e.g. VTFUSION_EXTRA_TRANSFORMERS=5.22.2,5.23.0 make compat
+RELEASES |= {v: f"transformers=={v}" for v in os.environ.get("VTFUSION_EXTRA_TRANSFORMERS", "").split(",") if v}
+BELOW_MINIMUM = "4.57.6"  # the last 4.x release, which many users still have
+LOAD_EVERY_WAY = """
+import sys, transformers
+folder = sys.argv[1]
+for loader in ("AutoConfig", "AutoProcessor", "AutoModelForImageTextToText"):
+    try:
+        getattr(transformers, loader).from_pretrained(folder, trust_remote_code=True)
+    except ImportError as error:
+        print(loader, "ImportError:", error)
+    else:
+        print(loader, "loaded")
+"""
 HEAD_CLASSES = {
     "base": VTFusionModel,
     "classification": VTFusionForSequenceClassification,
@@ -73,9 +90,16 @@ def checkpoints(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def venvs():
-    with ThreadPoolExecutor(len(RELEASES)) as pool:  # the two installs overlap their downloads
-        futures = {name: pool.submit(prepare_venv, name, requirement) for name, requirement in RELEASES.items()}
+    releases = RELEASES | {"below_minimum": f"transformers=={BELOW_MINIMUM}"}
+    with ThreadPoolExecutor(len(releases)) as pool:  # the installs overlap their downloads
+        futures = {name: pool.submit(prepare_venv, name, requirement) for name, requirement in releases.items()}
         return {name: future.result() for name, future in futures.items()}
+
+
+def clean_env(hf_home) -> dict:
+    """This process's environment without its venv, offline, with a Hugging Face cache of its own."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    return env | {"HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home), "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +112,11 @@ def remote_results(request, venvs, checkpoints, tmp_path_factory):
     """(tensors, report) of `remote_checks.py` run in the venv of one release, from a folder outside the repo; the
     pipelines read the same image files as the package's run."""
     out = tmp_path_factory.mktemp(f"remote_{request.param}")
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env |= {"HF_HUB_OFFLINE": "1", "HF_HOME": str(out / "hf_home"), "OMP_NUM_THREADS": "1"}
     script = [str(TESTS / "remote_checks.py"), str(checkpoints), str(checkpoints / "images"), str(out)]
     command = [str(venvs[request.param]), *script]
-    done = subprocess.run(command, cwd=out, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        command, cwd=out, env=clean_env(out / "hf_home"), capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return load_file(out / "tensors.safetensors"), json.loads((out / "report.json").read_text())
 
@@ -104,8 +128,6 @@ def test_the_minimum_environment_runs_the_minimum_release_and_the_newest_one_a_r
     if request.node.callspec.params["remote_results"] == "minimum":
         assert installed == MINIMUM_TRANSFORMERS
     else:
-        from packaging.version import Version
-
         assert Version(installed) >= Version(MINIMUM_TRANSFORMERS)
 
 
@@ -161,3 +183,23 @@ def assert_same_results(actual, expected, where: str) -> None:
         assert actual == pytest.approx(expected, abs=1e-5), where
     else:
         assert actual == expected, where
+
+
+def test_an_older_transformers_fails_to_load_with_an_import_error_naming_the_versions_and_the_fix(
+    venvs, checkpoints, tmp_path
+):
+    command = [str(venvs["below_minimum"]), "-c", LOAD_EVERY_WAY, str(checkpoints / "generation")]
+    done = subprocess.run(command, cwd=tmp_path, env=clean_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 3, done.stdout
+    for line in lines:
+        assert "ImportError: vtfusion needs transformers >= " + MINIMUM_TRANSFORMERS in line, line
+        assert f"transformers {BELOW_MINIMUM} is installed" in line and "pip install -U" in line, line
+
+
+def test_the_package_requirement_admits_every_tested_release_so_pip_never_downgrades_one(remote_results):
+    pyproject = tomllib.loads((TESTS.parent / "pyproject.toml").read_text())
+    (requirement,) = [r for r in map(Requirement, pyproject["project"]["dependencies"]) if r.name == "transformers"]
+    assert requirement.specifier.contains(remote_results[1]["transformers"])
+    assert requirement.specifier.contains(MINIMUM_TRANSFORMERS) and not requirement.specifier.contains(BELOW_MINIMUM)
