@@ -13,7 +13,7 @@ import transformers
 from packaging.version import Version
 
 
-MINIMUM_TRANSFORMERS = "5.22.0"
+MINIMUM_TRANSFORMERS = "5.20.0"
 
 
 def check_transformers_version(installed: str = transformers.__version__) -> None:
