@@ -61,6 +61,7 @@ class VTFusionConfig(PreTrainedConfig):
             fusion input so the model learns to cope with a missing modality.
         decoder_*: size of the causal text decoder; `None` sizes follow the fusion module.
         max_decoder_position_embeddings (`int`): longest sequence the decoder generates.
+        use_cache (`bool`): whether the decoder returns its key/value cache when called without `labels`.
         itc_loss_weight, itm_loss_weight, lm_loss_weight: weights of the pre-training objectives.
         mlm_loss_weight (`float`): weight of masked language modelling through the fusion module (ALBEF / ViLT),
             computed when a pre-training batch carries `mlm_input_ids` and `mlm_labels`.
@@ -73,8 +74,13 @@ class VTFusionConfig(PreTrainedConfig):
         "vision_config": SubConfigSpec(AutoConfig, model_type="vit", init_kwargs=DEFAULT_VISION_CONFIG),
         "text_config": SubConfigSpec(AutoConfig, model_type="bert", init_kwargs=DEFAULT_TEXT_CONFIG),
     }
-    # `generate()` sizes its cache from `num_hidden_layers`: here that is the decoder's depth.
-    attribute_map = {"num_hidden_layers": "decoder_num_hidden_layers"}
+    # The text *output* side is vtfusion's own decoder (`get_text_config(decoder=True)` is this config): generation
+    # utilities size caches and read widths from these names, which here mean the decoder's.
+    attribute_map = {
+        "num_hidden_layers": "decoder_num_hidden_layers",
+        "hidden_size": "decoder_hidden_size",
+        "num_attention_heads": "decoder_num_attention_heads",
+    }
 
     vision_config: PreTrainedConfig | dict | None = None
     text_config: PreTrainedConfig | dict | None = None
@@ -109,6 +115,7 @@ class VTFusionConfig(PreTrainedConfig):
     eos_token_id: int | None = None
     decoder_start_token_id: int | None = None
     tie_word_embeddings: bool = True
+    use_cache: bool = True
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -12,6 +12,7 @@ from .compat import MINIMUM_TRANSFORMERS  # noqa: F401  (first: an unsupported t
 # isort: split
 import inspect
 from dataclasses import dataclass
+from typing import Unpack
 
 import torch
 import torch.distributed as dist
@@ -21,8 +22,13 @@ from transformers import AutoConfig, AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.loss.loss_utils import ForSequenceClassificationLoss
-from transformers.modeling_outputs import BaseModelOutputWithPooling, Seq2SeqLMOutput, SequenceClassifierOutput
-from transformers.utils import ModelOutput
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPastAndCrossAttentions,
+    BaseModelOutputWithPooling,
+    Seq2SeqLMOutput,
+    SequenceClassifierOutput,
+)
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_vtfusion import VTFusionConfig, encoder_hidden_size
 from .fusion import FUSION_CLASSES, FusionOutput, LateFusion, VTFusionLayer, build_fusion, masked_mean
@@ -88,11 +94,14 @@ class VTFusionRetrievalOutput(ModelOutput):
 
 @dataclass
 class VTFusionEncoderOutput(ModelOutput):
-    """What the decoder reads: memory tokens [B, N, H] and their mask [B, N] (image tokens, or fused image-text)."""
+    """What the decoder reads: memory tokens [B, N, H] and their mask [B, N] (image tokens, or fused image-text);
+    on request the vision encoder's hidden states and attentions and the fusion module's (`hidden_states`: the
+    vision encoder's then the fusion layers'; `attentions`: the vision encoder's then the fusion text-to-image maps)."""
 
     last_hidden_state: torch.Tensor | None = None
     attention_mask: torch.Tensor | None = None
-    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -191,8 +200,9 @@ def pad_to_global_length(tokens: torch.Tensor, mask: torch.Tensor, ids: torch.Te
     return F.pad(tokens, (0, 0, 0, extra)), F.pad(mask, (0, extra)), F.pad(ids, (0, extra))
 
 
-def sample_hard_negatives(similarity: torch.Tensor, forbidden: torch.Tensor) -> torch.Tensor:
-    """For each row, draw one column with probability softmax(similarity) over the allowed columns (ALBEF / BLIP).
+def sample_hard_negatives(similarity: torch.Tensor, forbidden: torch.Tensor, sample: bool = True) -> torch.Tensor:
+    """For each row, draw one column with probability softmax(similarity) over the allowed columns (ALBEF / BLIP), or
+    with `sample=False` (evaluation: the same call gives the same loss) take the most similar allowed column.
 
     `forbidden` marks the positives (and duplicates of them), which are never drawn; a row with every column
     forbidden has nothing to draw and gets an arbitrary index, which callers must ignore. Gumbel-max sampling over the
@@ -200,8 +210,9 @@ def sample_hard_negatives(similarity: torch.Tensor, forbidden: torch.Tensor) -> 
     process with the global batch samples.
     """
     scores = similarity.float().masked_fill(forbidden, float("-inf"))
-    gumbel = -torch.log(-torch.log(torch.rand_like(scores).clamp(1e-9, 1 - 1e-9)))
-    return (scores + gumbel).argmax(dim=-1)
+    if sample:
+        scores = scores - torch.log(-torch.log(torch.rand_like(scores).clamp(1e-9, 1 - 1e-9)))  # + Gumbel noise
+    return scores.argmax(dim=-1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -228,7 +239,7 @@ class VTFusionPreTrainedModel(PreTrainedModel):
     config: VTFusionConfig
     config_class = VTFusionConfig
     base_model_prefix = "vtfusion"
-    main_input_name = "pixel_values"
+    main_input_name = "input_ids"  # the first argument of every forward but the generation head's
     input_modalities = ("image", "text")
     _no_split_modules = ["VTFusionLayer"]
     supports_gradient_checkpointing = True
@@ -244,6 +255,32 @@ class VTFusionPreTrainedModel(PreTrainedModel):
         self.config.auto_map = dict(AUTO_MAP)
         # Every checkpoint also names the custom pipelines (pipelines.py) that `pipeline(task, ...)` looks up.
         self.config.custom_pipelines = {task: dict(entry) for task, entry in CUSTOM_PIPELINES.items()}
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The text encoder's word embeddings: what `input_ids` index, in every head."""
+        base = self if isinstance(self, VTFusionModel) else self.vtfusion
+        return base.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        base = self if isinstance(self, VTFusionModel) else self.vtfusion
+        base.text_model.set_input_embeddings(value)
+
+    def _resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of=None, mean_resizing=True):
+        """One vocabulary serves the text encoder, the caption decoder and the LM / MLM heads: resized together.
+
+        `PreTrainedModel` resizes the input embeddings (the text encoder's) and the output embeddings (`lm_head`), then
+        ties `lm_head` to the decoder's embeddings again; the decoder's embeddings and `mlm_head` are resized here.
+        """
+        embeddings = super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        vocab_size = embeddings.weight.shape[0]
+        if (decoder := getattr(self, "text_decoder", None)) is not None:
+            decoder.embed_tokens = self._get_resized_embeddings(
+                decoder.embed_tokens, vocab_size, mean_resizing=mean_resizing
+            )
+        if (mlm_head := getattr(self, "mlm_head", None)) is not None:
+            self.mlm_head = self._get_resized_lm_head(mlm_head, vocab_size, mean_resizing=mean_resizing)
+        self.config.vocab_size = self.config.text_config.vocab_size = vocab_size
+        return embeddings
 
     @classmethod
     def from_pretrained(
@@ -333,10 +370,13 @@ class VTFusionModel(VTFusionPreTrainedModel):
 
     # -- towers --------------------------------------------------------------------------------------------------
 
-    def encode_image(self, pixel_values: torch.Tensor, output_hidden_states: bool = False):
+    def encode_image(self, pixel_values: torch.Tensor, output_hidden_states=False, output_attentions=False):
         """pixels [B, 3, H, W] -> (tokens [B, Ni, vision_width], pooled [B, vision_width], encoder outputs)."""
         check_pixel_values(pixel_values)
-        outputs = self.vision_model(pixel_values=pixel_values, output_hidden_states=output_hidden_states)
+        flags = {"output_hidden_states": output_hidden_states} | (
+            {"output_attentions": True} if output_attentions else {}
+        )
+        outputs = self.vision_model(pixel_values=pixel_values, **flags)  # CNNs take no `output_attentions`
         tokens = outputs.last_hidden_state
         if tokens.ndim == 4:  # CNN feature map [B, C, h, w] -> [B, h*w, C], normalised and placed as ViT tokens are
             tokens = cnn_tokens(tokens)
@@ -356,15 +396,40 @@ class VTFusionModel(VTFusionPreTrainedModel):
         tokens = outputs.last_hidden_state
         return tokens, masked_mean(tokens, attention_mask), outputs
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values: torch.Tensor, output_attentions=None, output_hidden_states=None, **kwargs
+    ) -> BaseModelOutputWithPooling:
         """As CLIP in transformers 5: `pooler_output` holds the projected (unnormalised) image features."""
-        tokens, pooled, _ = self.encode_image(pixel_values)
-        return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=self.visual_projection(pooled))
+        check_kwargs(kwargs)
+        tokens, pooled, outputs = self.encode_image(pixel_values, bool(output_hidden_states), bool(output_attentions))
+        return BaseModelOutputWithPooling(
+            last_hidden_state=tokens,
+            pooler_output=self.visual_projection(pooled),
+            hidden_states=outputs.hidden_states,
+            attentions=getattr(outputs, "attentions", None),
+        )
 
-    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None, **kwargs):
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
         """As CLIP in transformers 5: `pooler_output` holds the projected (unnormalised) text features."""
-        tokens, pooled, _ = self.encode_text(input_ids, attention_mask, token_type_ids)
-        return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=self.text_projection(pooled))
+        check_kwargs(kwargs)
+        flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
+        tokens, pooled, outputs = self.encode_text(input_ids, attention_mask, token_type_ids, **flags)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=tokens,
+            pooler_output=self.text_projection(pooled),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
     def similarity(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         """Scaled cosine similarity [num_texts, num_images] of normalised embeddings."""
@@ -418,6 +483,7 @@ class VTFusionModel(VTFusionPreTrainedModel):
 
     # -- forward -------------------------------------------------------------------------------------------------
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -429,8 +495,7 @@ class VTFusionModel(VTFusionPreTrainedModel):
         skip_fusion: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> VTFusionOutput:
         r"""
         Image-only or text-only calls return that modality's embeddings. With both, the ITC logits are computed for
@@ -438,6 +503,7 @@ class VTFusionModel(VTFusionPreTrainedModel):
         `skip_fusion=True`, or `return_loss=True` without `skip_fusion=False` (contrastive training pays nothing for
         fusion). Different numbers of images and texts (zero-shot classification: 1 image, N labels) skip fusion.
         """
+        check_kwargs(kwargs)
         if input_ids is None and pixel_values is None:
             raise ValueError("VTFusionModel needs pixel_values, input_ids or both; got neither.")
         output_hidden_states = bool(output_hidden_states)
@@ -515,8 +581,8 @@ class ImageTextMatchingMixin:
         with torch.no_grad():  # never draw the positive, nor a text identical to it, as a negative
             same_text = ((all_ids[:, None, :] == all_ids[None, :, :]) | (all_text_mask[None, :, :] == 0)).all(-1)
             same_text |= torch.eye(len(all_ids), dtype=torch.bool, device=same_text.device)
-            negative_text_of_image = sample_hard_negatives(all_logits_per_text.t(), same_text)
-            negative_image_of_text = sample_hard_negatives(all_logits_per_text, same_text)
+            negative_text_of_image = sample_hard_negatives(all_logits_per_text.t(), same_text, self.training)
+            negative_image_of_text = sample_hard_negatives(all_logits_per_text, same_text, self.training)
         neg_texts, neg_images = negative_text_of_image[rows], negative_image_of_text[rows]
 
         # one fusion call over [positives; image + negative text; negative image + text], each image fused once
@@ -549,6 +615,7 @@ class VTFusionForImageTextRetrieval(ImageTextMatchingMixin, VTFusionPreTrainedMo
         self.itm_head = nn.Linear(config.fusion_hidden_size, 2)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -557,8 +624,7 @@ class VTFusionForImageTextRetrieval(ImageTextMatchingMixin, VTFusionPreTrainedMo
         token_type_ids: torch.LongTensor | None = None,
         return_loss: bool = True,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> VTFusionRetrievalOutput:
         r"""
         B paired images and texts. With `return_loss` (default: on, so `Trainer` evaluates the loss without labels),
@@ -566,6 +632,7 @@ class VTFusionForImageTextRetrieval(ImageTextMatchingMixin, VTFusionPreTrainedMo
         text per image and one hard negative image per text drawn from the ITC similarities. `itm_logits` score the
         given pairs.
         """
+        check_kwargs(kwargs)
         check_paired(pixel_values, input_ids)
         model = self.vtfusion
         image_tokens, image_pooled, _ = model.encode_image(pixel_values)
@@ -689,6 +756,7 @@ class VTFusionForSequenceClassification(VTFusionPreTrainedModel):
         self.classifier = nn.Linear(config.fusion_hidden_size, config.num_labels)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -698,13 +766,13 @@ class VTFusionForSequenceClassification(VTFusionPreTrainedModel):
         labels: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> SequenceClassifierOutput:
         r"""
         labels (`[B]` int for single-label, `[B, num_labels]` float for multi-label or regression): as in
         `BertForSequenceClassification`.
         """
+        check_kwargs(kwargs)
         check_paired(pixel_values, input_ids)
         model = self.vtfusion
         image_tokens, _, _ = model.encode_image(pixel_values)
@@ -751,8 +819,10 @@ class VTFusionTextDecoder(nn.Module):
         attention_mask: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
         output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """ids [B, T] (the tokens after the cached ones) -> hidden states [B, T, H] and memory attention maps."""
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        """ids [B, T] (the tokens after the cached ones) -> hidden states [B, T, H]; on request the input of every
+        layer and the final states (`hidden_states`), and each layer's self- and memory attention maps."""
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         length = past + input_ids.shape[1]
         if length > self.embed_positions.num_embeddings:
@@ -766,11 +836,20 @@ class VTFusionTextDecoder(nn.Module):
         memory_keys = None if memory_mask is None or bool(memory_mask.all()) else memory_mask
         if memory_keys is not None:
             memory_keys = (1.0 - memory_keys[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
-        maps = ()
+        states, self_maps, cross_maps = (), (), ()
         for layer in self.layers:
-            hidden, _, cross = layer(hidden, self_mask, memory, memory_keys, past_key_values, output_attentions)
-            maps += (cross,)
-        return self.norm(hidden), maps
+            states += (hidden,)
+            hidden, self_map, cross_map = layer(
+                hidden, self_mask, memory, memory_keys, past_key_values, output_attentions
+            )
+            self_maps, cross_maps = self_maps + (self_map,), cross_maps + (cross_map,)
+        hidden = self.norm(hidden)
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=hidden,
+            hidden_states=states + (hidden,) if output_hidden_states else None,
+            attentions=self_maps if output_attentions else None,
+            cross_attentions=cross_maps if output_attentions else None,
+        )
 
 
 def causal_padding_mask(attention_mask: torch.Tensor | None, query_length: int, dtype) -> torch.Tensor | None:
@@ -807,11 +886,13 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
         `input_ids` is the question fused with the image, never a decoder prefix; pass `decoder_input_ids` for that.
         """
         if kwargs.get("encoder_outputs") is None:
-            kwargs["encoder_outputs"] = self.encode(pixel_values, input_ids, attention_mask, token_type_ids)
+            flags = [bool(kwargs.get(name)) for name in ("output_attentions", "output_hidden_states")]
+            kwargs["encoder_outputs"] = self.encode(pixel_values, input_ids, attention_mask, token_type_ids, *flags)
         return super().generate(**kwargs)
 
     _tied_weights_keys = {"lm_head.weight": "text_decoder.embed_tokens.weight"}
     accepts_loss_kwargs = False
+    main_input_name = "pixel_values"  # what `generate()` encodes
 
     def __init__(self, config: VTFusionConfig):
         config.is_encoder_decoder = True  # the image (+ question) side is encoded once per `generate()` call
@@ -823,13 +904,21 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
         # Generate up to the decoder's position limit by default; pipelines then add no longer default of their own.
         self.generation_config.max_length = config.max_decoder_position_embeddings
 
-    def get_input_embeddings(self):
-        return self.text_decoder.embed_tokens
-
     def get_output_embeddings(self):
         return self.lm_head
 
-    def encode(self, pixel_values, input_ids=None, attention_mask=None, token_type_ids=None) -> VTFusionEncoderOutput:
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def encode(
+        self,
+        pixel_values,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> VTFusionEncoderOutput:
         """Decoder memory: image tokens for captioning, fused image-question tokens for VQA.
 
         A row without a question (no `input_ids`, or an empty text, which tokenises to special tokens only: what the
@@ -838,17 +927,22 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
         if pixel_values is None:
             raise ValueError("VTFusionForConditionalGeneration needs pixel_values (the image to describe).")
         model = self.vtfusion
-        image_tokens, _, _ = model.encode_image(pixel_values)
+        image_tokens, _, vision = model.encode_image(pixel_values, output_hidden_states, output_attentions)
         image_memory = model.image_to_fusion(image_tokens)  # [B, Ni, H]
+        recorded = {"hidden_states": vision.hidden_states, "attentions": getattr(vision, "attentions", None)}
         asks = None if input_ids is None else has_words(input_ids, attention_mask, self.config)  # [B]
         if asks is None or not asks.any():
-            return VTFusionEncoderOutput(last_hidden_state=image_memory)
+            return VTFusionEncoderOutput(last_hidden_state=image_memory, **recorded)
         check_paired(pixel_values, input_ids)
         text_tokens, _, _ = model.encode_text(input_ids, attention_mask, token_type_ids)
-        fused = model.fuse(image_tokens, text_tokens, attention_mask)
+        fused = model.fuse(image_tokens, text_tokens, attention_mask, output_attentions, output_hidden_states)
+        recorded = {
+            "hidden_states": joined(recorded["hidden_states"], fused.hidden_states),
+            "attentions": joined(recorded["attentions"], fused.cross_attentions),
+        }
         if asks.all():
             return VTFusionEncoderOutput(
-                last_hidden_state=fused.last_hidden_state, attention_mask=fused.attention_mask
+                last_hidden_state=fused.last_hidden_state, attention_mask=fused.attention_mask, **recorded
             )
         # Mixed batch: each row reads only its own kind of memory; the other part is masked out. Masked keys weigh
         # exactly zero and memory attention has no positions, so every row decodes as it would alone.
@@ -857,8 +951,10 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
         return VTFusionEncoderOutput(
             last_hidden_state=torch.cat([image_memory, fused.last_hidden_state], dim=1),
             attention_mask=torch.cat([image_mask, fused_mask], dim=1),
+            **recorded,
         )
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor | None = None,
@@ -873,44 +969,58 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
         past_key_values: Cache | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> Seq2SeqLMOutput:
         r"""
         labels (`[B, T]`): target tokens ending with `eos_token_id`, -100 where ignored; the decoder reads them
         shifted right behind `decoder_start_token_id`.
         cache / past_key_values (`EncoderDecoderCache`): decoder self-attention and memory cross-attention keys/values;
         `cache` is the name from transformers 5.24 on, `past_key_values` before (both accepted, either returned under
-        the installed release's name).
+        the installed release's name). `use_cache` defaults to `config.use_cache`, and is off when `labels` are given.
+        logits_to_keep (`int` or `[T']` indices): logits of the last `logits_to_keep` positions only (0: all);
+        `generate()` passes 1.
         """
         past_key_values = cache if cache is not None else past_key_values
+        check_kwargs(kwargs)
+        output_attentions, output_hidden_states = bool(output_attentions), bool(output_hidden_states)
         if encoder_outputs is None:
-            encoder_outputs = self.encode(pixel_values, input_ids, attention_mask, token_type_ids)
+            encoder_outputs = self.encode(
+                pixel_values, input_ids, attention_mask, token_type_ids, output_attentions, output_hidden_states
+            )
         if decoder_input_ids is None:
             if labels is None:
                 raise ValueError("Pass labels (training) or decoder_input_ids; to produce text, call generate().")
             decoder_input_ids = shift_tokens_right(
                 labels, self.config.pad_token_id, self.config.decoder_start_token_id
             )
+        use_cache = (self.config.use_cache if use_cache is None else use_cache) and labels is None
         if use_cache and past_key_values is None:
             past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        hidden, cross_maps = self.text_decoder(
+        decoded = self.text_decoder(
             decoder_input_ids,
             encoder_outputs.last_hidden_state,
             encoder_outputs.attention_mask,
             decoder_attention_mask,
             past_key_values if use_cache else None,
-            bool(output_attentions),
+            output_attentions,
+            output_hidden_states,
         )
-        logits = self.lm_head(hidden)
+        kept = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep  # 0: every position
+        logits = self.lm_head(decoded.last_hidden_state[:, kept])
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
+            decoder_hidden_states=decoded.hidden_states,
+            decoder_attentions=decoded.attentions,
+            cross_attentions=decoded.cross_attentions,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
-            cross_attentions=cross_maps if output_attentions else None,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
             **{CACHE_NAME: past_key_values if use_cache else None},
         )
 
@@ -959,12 +1069,13 @@ class VTFusionForPreTraining(ImageTextMatchingMixin, MaskedLanguageModelingMixin
         self.mlm_head = nn.Linear(config.fusion_hidden_size, config.vocab_size)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.text_decoder.embed_tokens
-
     def get_output_embeddings(self):
         return self.lm_head
 
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -975,8 +1086,7 @@ class VTFusionForPreTraining(ImageTextMatchingMixin, MaskedLanguageModelingMixin
         mlm_input_ids: torch.LongTensor | None = None,
         mlm_labels: torch.LongTensor | None = None,
         return_loss: bool = True,
-        return_dict: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> VTFusionPreTrainingOutput:
         r"""
         B paired images and captions. labels (`[B, T]`, optional): LM targets for the caption decoder; by default
@@ -985,6 +1095,7 @@ class VTFusionForPreTraining(ImageTextMatchingMixin, MaskedLanguageModelingMixin
         `DataCollatorForLanguageModeling` makes them; they add the MLM loss. The losses are always computed;
         `return_loss=True` is declared so that `Trainer` evaluates them without a label column.
         """
+        check_kwargs(kwargs)
         check_paired(pixel_values, input_ids)
         model = self.vtfusion
         image_tokens, image_pooled, _ = model.encode_image(pixel_values)
@@ -995,7 +1106,7 @@ class VTFusionForPreTraining(ImageTextMatchingMixin, MaskedLanguageModelingMixin
         if labels is None:
             labels = caption_labels(input_ids, attention_mask)
         decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
-        hidden, _ = self.text_decoder(decoder_input_ids, model.image_to_fusion(image_tokens))
+        hidden = self.text_decoder(decoder_input_ids, model.image_to_fusion(image_tokens)).last_hidden_state
         lm_logits = self.lm_head(hidden)
         lm_loss = F.cross_entropy(lm_logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
         config = self.config
@@ -1024,6 +1135,11 @@ def has_words(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, conf
     if attention_mask is not None:
         words &= attention_mask.bool()
     return words.any(dim=-1)
+
+
+def joined(first: tuple | None, second: tuple | None) -> tuple | None:
+    """Two optional tuples of recorded states, one after the other (None when neither was recorded)."""
+    return None if first is None and second is None else (first or ()) + (second or ())
 
 
 def caption_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -1092,6 +1208,13 @@ def check_input_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor | None
             f"Token ids must lie in [0, {text_config.vocab_size}) (the text encoder's vocabulary), got "
             f"[{int(input_ids.min())}, {int(input_ids.max())}]: the tokenizer does not match this model."
         )
+
+
+def check_kwargs(kwargs: dict) -> None:
+    """A forward's `**kwargs` take the library's `TransformersKwargs` only: a misspelt argument fails by its name."""
+    unknown = sorted(kwargs.keys() - TransformersKwargs.__annotations__.keys())
+    if unknown:
+        raise TypeError(f"Unexpected keyword argument(s) {unknown}: not an argument of this model's forward.")
 
 
 def check_paired(pixel_values: torch.Tensor | None, input_ids: torch.Tensor | None) -> None:

@@ -159,8 +159,8 @@ def test_a_text_identical_to_the_positive_is_never_a_negative(monkeypatch):
     """Pairs 0 and 1 have the same text: neither text may serve as the other image's negative (nor image for text)."""
     draws = []
 
-    def recording(similarity, forbidden):
-        negatives = sample_hard_negatives(similarity, forbidden)
+    def recording(similarity, forbidden, sample):
+        negatives = sample_hard_negatives(similarity, forbidden, sample)
         draws.append((forbidden, negatives))
         return negatives
 

@@ -79,11 +79,11 @@ class VTFusionForMultitask(ImageTextMatchingMixin, MaskedLanguageModelingMixin, 
         if self.config.num_labels == 2:
             self.classifier.load_state_dict(self.itm_head.state_dict())
 
-    def get_input_embeddings(self):
-        return self.text_decoder.embed_tokens
-
     def get_output_embeddings(self):
         return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
 
     def forward(
         self,
@@ -155,7 +155,7 @@ class VTFusionForMultitask(ImageTextMatchingMixin, MaskedLanguageModelingMixin, 
     def _decoder_loss(self, memory, memory_mask, labels) -> torch.Tensor:
         """Next-token cross-entropy of the decoder reading `memory` [N, M, H], as VTFusionForConditionalGeneration."""
         decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
-        hidden, _ = self.text_decoder(decoder_input_ids, memory, memory_mask)
+        hidden = self.text_decoder(decoder_input_ids, memory, memory_mask).last_hidden_state
         logits = self.lm_head(hidden)
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
 
