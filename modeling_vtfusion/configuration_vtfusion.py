@@ -8,8 +8,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .fusion import FUSION_STRATEGIES, FUSION_TYPES
 
-FUSION_TYPES = ("cross_attention", "co_attention", "concat", "weighted", "late")
 
 # Small towers so that `VTFusionConfig()` builds a model that trains on a laptop CPU (64px images, 8px patches).
 DEFAULT_VISION_CONFIG = {
@@ -48,12 +48,9 @@ class VTFusionConfig(PreTrainedConfig):
             (ViT, DeiT, CLIP vision, ResNet, ConvNeXt / BERT, RoBERTa, MiniLM, ...). Default: small ViT and BERT.
         projection_dim (`int`): size of the shared image-text embedding space.
         logit_scale_init_value (`float`): initial value of the learned log-temperature (CLIP: log(1/0.07)).
-        fusion_type (`str`): one of `FUSION_TYPES`:
-            - `"cross_attention"`: text tokens self-attend then attend to image tokens (ALBEF / BLIP);
-            - `"co_attention"`: two streams, each attends to the other in every layer (ViLBERT / LXMERT);
-            - `"concat"`: one transformer over both token sequences with modality embeddings (ViLT / VisualBERT);
-            - `"weighted"`: no token interaction; input-dependent gates mix the pooled modalities (gated unit);
-            - `"late"`: no interaction; each modality predicts and predictions are mixed with learned weights.
+        fusion_type (`str`): one of `FUSION_TYPES`, each described in `fusion.FUSION_STRATEGIES`:
+            `"cross_attention"` (ALBEF / BLIP), `"co_attention"` (ViLBERT / LXMERT), `"concat"` (ViLT), `"weighted"`
+            (gated multimodal unit) and `"late"` (no interaction).
         num_fusion_layers, fusion_hidden_size, fusion_num_attention_heads, fusion_intermediate_size: size of the
             fusion module; `None` sizes follow the text encoder (hidden size, heads) and 4x hidden for the MLP.
         hidden_dropout_prob, attention_dropout: dropout in fusion and decoder layers.
@@ -153,7 +150,7 @@ class VTFusionConfig(PreTrainedConfig):
         for name in ("modality_dropout", "hidden_dropout_prob", "attention_dropout", "label_smoothing"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
-        if self.num_fusion_layers < 1 and self.fusion_type in ("cross_attention", "co_attention", "concat"):
+        if self.num_fusion_layers < 1 and FUSION_STRATEGIES[self.fusion_type].token_interaction:
             raise ValueError(f"fusion_type={self.fusion_type!r} needs num_fusion_layers >= 1.")
 
     def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:

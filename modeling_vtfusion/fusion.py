@@ -393,14 +393,54 @@ class LateFusion(nn.Module):
         )
 
 
-FUSION_CLASSES = {
-    "cross_attention": CrossAttentionFusion,
-    "co_attention": CoAttentionFusion,
-    "concat": ConcatFusion,
-    "weighted": WeightedFusion,
-    "late": LateFusion,
+@dataclass(frozen=True)
+class FusionStrategy:
+    """One `fusion_type`: its module and what the rest of vtfusion needs to know of it. Adding a strategy is one
+    module class above and one entry in `FUSION_STRATEGIES`: the config, the heads, interpretability, model cards
+    and the training CLI read everything from there."""
+
+    module: type[nn.Module]
+    description: str  # for the config docs, model cards and the `--fusion_type` help
+    token_interaction: bool  # text and image tokens attend to each other: needs layers, draws attention maps
+    shares_image_keys: bool = False  # forward takes `image_index`: pairs sharing an image share its keys/values
+    pooling_only: tuple[str, ...] = ()  # submodules that feed only `pooler_output`, never the fused tokens
+
+
+FUSION_STRATEGIES = {
+    "cross_attention": FusionStrategy(
+        CrossAttentionFusion,
+        "text tokens attend to themselves, then to the image tokens (ALBEF / BLIP style)",
+        token_interaction=True,
+        shares_image_keys=True,
+    ),
+    "co_attention": FusionStrategy(
+        CoAttentionFusion,
+        "two streams, text attends to image and image to text in every layer (ViLBERT / LXMERT style)",
+        token_interaction=True,
+        pooling_only=("pooler",),
+    ),
+    "concat": FusionStrategy(
+        ConcatFusion,
+        "one self-attention stream over text and image tokens with modality embeddings (ViLT style)",
+        token_interaction=True,
+    ),
+    "weighted": FusionStrategy(
+        WeightedFusion,
+        "learned, input-dependent gates over the pooled text and image vectors (gated multimodal unit)",
+        token_interaction=False,
+        pooling_only=("text_transform", "image_transform", "gate"),
+    ),
+    "late": FusionStrategy(
+        LateFusion,
+        "no interaction: each modality is summarised alone, the summaries mixed with learned weights",
+        token_interaction=False,
+        pooling_only=("text_summary", "image_summary", "modality_logits"),
+    ),
 }
+FUSION_TYPES = tuple(FUSION_STRATEGIES)
+# Fusion types whose text tokens attend to the image tokens: they return maps to draw.
+ATTENTION_MAP_FUSION_TYPES = tuple(name for name, strategy in FUSION_STRATEGIES.items() if strategy.token_interaction)
 
 
 def build_fusion(config) -> nn.Module:
-    return FUSION_CLASSES[config.fusion_type](config)
+    return FUSION_STRATEGIES[config.fusion_type].module(config)

@@ -21,10 +21,6 @@ import torch.nn.functional as F
 from .image_utils import to_rgb_images
 
 
-# Fusion types whose text tokens attend to the image tokens: they return maps to draw.
-ATTENTION_MAP_FUSION_TYPES = ("cross_attention", "co_attention", "concat")
-
-
 @dataclass
 class AttentionExplanation:
     """

@@ -31,7 +31,7 @@ from transformers.modeling_outputs import (
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_vtfusion import VTFusionConfig, encoder_hidden_size
-from .fusion import FUSION_CLASSES, FusionOutput, LateFusion, VTFusionLayer, build_fusion, masked_mean
+from .fusion import FUSION_STRATEGIES, FusionOutput, LateFusion, VTFusionLayer, build_fusion, masked_mean
 from .pipelines import CUSTOM_PIPELINES
 
 
@@ -458,7 +458,7 @@ class VTFusionModel(VTFusionPreTrainedModel):
             text_mask = text.new_ones(text.shape[:2], dtype=torch.long)
         image_mask = None
         dropping = self.training and self.config.modality_dropout > 0
-        if image_index is not None and (dropping or self.config.fusion_type != "cross_attention"):
+        if image_index is not None and (dropping or not FUSION_STRATEGIES[self.config.fusion_type].shares_image_keys):
             image, image_index = image[image_index], None
         if dropping:
             image, image_mask, text, text_mask = self._drop_modality(image, text, text_mask)
@@ -1228,7 +1228,6 @@ def check_paired(pixel_values: torch.Tensor | None, input_ids: torch.Tensor | No
 
 
 __all__ = [
-    "FUSION_CLASSES",
     "VTFusionPreTrainedModel",
     "VTFusionModel",
     "VTFusionForImageTextRetrieval",

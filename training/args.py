@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from modeling_vtfusion import FUSION_TYPES
+
 
 TASKS = ("pretrain", "retrieval", "classification", "captioning", "vqa", "multitask")
 
@@ -40,7 +42,7 @@ class ModelArguments:
     )
     fusion_type: str | None = field(
         default=None,
-        metadata={"help": "cross_attention (default from scratch), co_attention, concat, weighted or late."},
+        metadata={"help": f"One of {', '.join(FUSION_TYPES)} (from scratch, default: cross_attention)."},
     )
     # Size of a model trained from scratch (no --model_name_or_path, no pretrained encoders).
     vision_model_type: str = field(

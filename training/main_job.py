@@ -34,7 +34,7 @@ import json
 import time
 from pathlib import Path
 
-from modeling_vtfusion.interpretability import ATTENTION_MAP_FUSION_TYPES
+from modeling_vtfusion.fusion import ATTENTION_MAP_FUSION_TYPES
 from training import attention_check, model_card, train
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from modeling_vtfusion.interpretability import ATTENTION_MAP_FUSION_TYPES
+from modeling_vtfusion.fusion import FUSION_STRATEGIES
 
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "vtfusion_card.md.j2"
@@ -44,13 +44,6 @@ HEAD_TASKS = {
     "VTFusionForImageTextRetrieval": "retrieval",
     "VTFusionForSequenceClassification": "classification",
     "VTFusionModel": "retrieval",
-}
-FUSION_DESCRIPTIONS = {
-    "cross_attention": "text tokens attend to themselves, then to the image tokens (ALBEF / BLIP style)",
-    "co_attention": "two streams, text attends to image and image to text in every layer (ViLBERT / LXMERT style)",
-    "concat": "one self-attention stream over text and image tokens with modality embeddings (ViLT style)",
-    "weighted": "learned, input-dependent gates over the pooled text and image vectors (gated multimodal unit)",
-    "late": "no interaction: each modality is summarised alone, the summaries mixed with learned weights",
 }
 # Result name -> (task type, task name, metric type, metric name), for the table and the `model-index`.
 METRIC_PATTERNS = [
@@ -142,6 +135,7 @@ def write_model_card(
         metrics=sorted({m["metric_type"] for m in metrics}),
         eval_results=eval_results or None,
     )
+    strategy = FUSION_STRATEGIES[config.fusion_type]
     card = ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
@@ -152,7 +146,7 @@ def write_model_card(
         text=encoder_summary(config.text_config, "text"),
         projection_dim=config.projection_dim,
         fusion_type=config.fusion_type,
-        fusion_description=f"{FUSION_DESCRIPTIONS[config.fusion_type]}; {layers(config.num_fusion_layers)}, width "
+        fusion_description=f"{strategy.description}; {layers(config.num_fusion_layers)}, width "
         f"{config.fusion_hidden_size}",
         decoder_description=f"{layers(config.decoder_num_hidden_layers)} of width {config.decoder_hidden_size}, causal, "
         "cross-attending to the image tokens (captioning) or to the fused image-question tokens (VQA)",
@@ -163,7 +157,7 @@ def write_model_card(
         eval_split=eval_split,
         metrics=metrics,
         training=training,
-        has_cross_attention=config.fusion_type in ATTENTION_MAP_FUSION_TYPES,
+        has_cross_attention=strategy.token_interaction,
         attention_check=attention_summary(results),
         attention_maps=sorted(path.name for path in Path(output_dir, "attention").glob("*.png")),
     )
