@@ -256,6 +256,25 @@ class VTFusionPreTrainedModel(PreTrainedModel):
         # Every checkpoint also names the custom pipelines (pipelines.py) that `pipeline(task, ...)` looks up.
         self.config.custom_pipelines = {task: dict(entry) for task, entry in CUSTOM_PIPELINES.items()}
 
+    # What a head reads of the fusion module, if not everything (see `VTFusionModel.parameters_outside`).
+    _reads_fused: str | None = None
+
+    def post_init(self):
+        super().post_init()
+        self.freeze_untrained_parameters()
+
+    def freeze_untrained_parameters(self) -> None:
+        """Freeze what this model never trains: encoders the config freezes and, in a head, the parameters no output
+        reads. Runs after `__init__` and again after `from_pretrained`, whose loading makes new parameters."""
+        base = self if isinstance(self, VTFusionModel) else self.vtfusion
+        frozen = base.parameters_outside(self._reads_fused) if self._reads_fused else []
+        if self.config.freeze_vision_encoder:
+            frozen += list(base.vision_model.parameters())
+        if self.config.freeze_text_encoder:
+            frozen += list(base.text_model.parameters())
+        for parameter in frozen:
+            parameter.requires_grad_(False)
+
     def get_input_embeddings(self) -> nn.Embedding:
         """The text encoder's word embeddings: what `input_ids` index, in every head."""
         base = self if isinstance(self, VTFusionModel) else self.vtfusion
@@ -293,7 +312,9 @@ class VTFusionPreTrainedModel(PreTrainedModel):
                 "downloaded .bin/.pt file can run arbitrary code. Convert trusted weights once with save_pretrained."
             )
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, use_safetensors=True, **kwargs)
+            loaded = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, use_safetensors=True, **kwargs
+            )
         except OSError as error:
             if "safetensors" not in str(error):
                 raise
@@ -303,6 +324,8 @@ class VTFusionPreTrainedModel(PreTrainedModel):
                 "the files, load them once with plain torch in a sandbox and call save_pretrained to write "
                 "safetensors."
             ) from error
+        (loaded[0] if isinstance(loaded, tuple) else loaded).freeze_untrained_parameters()
+        return loaded
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -365,8 +388,6 @@ class VTFusionModel(VTFusionPreTrainedModel):
         # DistilBERT-like encoders take no token_type_ids (transformers #18480): pass only what `forward` accepts.
         self._text_forward_args = set(inspect.signature(self.text_model.forward).parameters)
         self.post_init()
-        self.vision_model.requires_grad_(not config.freeze_vision_encoder)
-        self.text_model.requires_grad_(not config.freeze_text_encoder)
 
     # -- towers --------------------------------------------------------------------------------------------------
 
@@ -430,6 +451,19 @@ class VTFusionModel(VTFusionPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+
+    def parameters_outside(self, outputs: str) -> list[nn.Parameter]:
+        """Parameters that no output of a head reading only the fused pair (`"pooled"`: classification, ITM) or only
+        the fused tokens (`"tokens"`: the generation decoder) depends on: the contrastive side (projections,
+        temperature) and, for tokens, the fusion's pooling-only parts. Such heads keep them, so that their checkpoints
+        still serve zero-shot classification through the base model, but freeze them: they would get no gradient,
+        which DDP with gradient checkpointing refuses."""
+        idle = [*self.visual_projection.parameters(), *self.text_projection.parameters(), self.logit_scale]
+        if outputs == "tokens":
+            for name in FUSION_STRATEGIES[self.config.fusion_type].pooling_only:
+                part = getattr(self.fusion, name)
+                idle += [part] if isinstance(part, nn.Parameter) else list(part.parameters())
+        return idle
 
     def similarity(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         """Scaled cosine similarity [num_texts, num_images] of normalised embeddings."""
@@ -747,6 +781,7 @@ class VTFusionForSequenceClassification(VTFusionPreTrainedModel):
     """Image + text -> label(s) from the fused pooled vector; `problem_type` behaves as in transformers' text heads."""
 
     accepts_loss_kwargs = False
+    _reads_fused = "pooled"
 
     def __init__(self, config: VTFusionConfig):
         super().__init__(config)
@@ -893,6 +928,7 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
     _tied_weights_keys = {"lm_head.weight": "text_decoder.embed_tokens.weight"}
     accepts_loss_kwargs = False
     main_input_name = "pixel_values"  # what `generate()` encodes
+    _reads_fused = "tokens"
 
     def __init__(self, config: VTFusionConfig):
         config.is_encoder_decoder = True  # the image (+ question) side is encoded once per `generate()` call

@@ -115,8 +115,8 @@ class VTFusionTrainer(Trainer):
             check_finite_loss(loss, self.state.global_step + 1)  # the step being taken
         if model.training and isinstance(outputs, dict):
             for name, value in outputs.items():
-                if name.endswith("_loss") and value is not None:
-                    self._component_losses[name].append(value.detach().float().item())
+                if name.endswith("_loss") and value is not None:  # kept on the device: no sync per step
+                    self._component_losses[name].append(value.detach().float())
         return (loss, outputs) if return_outputs else loss
 
     def create_model_card(self, *args, **kwargs) -> None:
@@ -127,7 +127,7 @@ class VTFusionTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._component_losses:
-            logs = logs | {name: round(sum(v) / len(v), 4) for name, v in self._component_losses.items()}
+            logs |= {name: round(torch.stack(v).mean().item(), 4) for name, v in self._component_losses.items()}
             self._component_losses.clear()
         super().log(logs, start_time)
 
@@ -155,6 +155,27 @@ def check_args(model_args: ModelArguments, data_args: DataArguments, training_ar
         raise ValueError(f"--resnet_stages {model_args.resnet_stages}: a ResNet needs at least 1 stage.")
     if data_args.streaming and training_args.do_train and training_args.max_steps <= 0:
         raise ValueError("A streamed data set has no length: pass --max_steps with --streaming.")
+
+
+# Tasks whose steps can leave trainable parameters without a gradient: objectives that can be switched off (ITM, MLM)
+# and captions decoded from the image alone (the text encoder and fusion module idle). DDP must then look for them.
+TASKS_WITH_IDLE_PARAMETERS = ("pretrain", "captioning", "multitask")
+
+
+def override_training_args(task: str, training_args: TrainingArguments) -> None:
+    """Set what vtfusion's training needs, logging each value that differs from what was asked."""
+    needed = {
+        "remove_unused_columns": (False, "the on-the-fly transform reads the raw columns"),
+        "prediction_loss_only": (True, "task metrics come from the test evaluation (--do_predict), not from logits"),
+    }
+    if task in TASKS_WITH_IDLE_PARAMETERS and training_args.ddp_find_unused_parameters is None:
+        reason = f"{task} steps can leave parameters without a gradient (switched-off objectives, captions decoded "
+        reason += "from the image alone); pass --ddp_find_unused_parameters false to skip the search"
+        needed["ddp_find_unused_parameters"] = (True, reason)
+    for name, (value, reason) in needed.items():
+        if getattr(training_args, name) != value:
+            logger.info(f"{name}={value}: {reason}.")
+            setattr(training_args, name, value)
 
 
 def setup_logging(training_args: TrainingArguments) -> None:
@@ -427,9 +448,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     use_cpu_without_accelerator()
     model_args, data_args, eval_args, training_args = parse_args(argv)
     check_args(model_args, data_args, training_args)
-    training_args.remove_unused_columns = False  # the on-the-fly transform needs the raw columns
-    training_args.prediction_loss_only = True  # task metrics come from `evaluate_on_test`, not from logits
     setup_logging(training_args)
+    override_training_args(model_args.task, training_args)
     configure_threads()
     set_seed(training_args.seed)
     task = model_args.task
