@@ -15,7 +15,7 @@ from transformers import (
     AutoProcessor,
 )
 
-from .configuration_vtfusion import FUSION_TYPES, VTFusionConfig
+from .configuration_vtfusion import FUSION_TYPES, VTFusionConfig, special_token_ids
 from .modeling_vtfusion import (
     VTFusionForConditionalGeneration,
     VTFusionForImageTextRetrieval,
@@ -59,4 +59,5 @@ __all__ = [
     "VTFusionModel",
     "VTFusionPreTrainedModel",
     "VTFusionProcessor",
+    "special_token_ids",
 ]

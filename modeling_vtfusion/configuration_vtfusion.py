@@ -36,6 +36,14 @@ def encoder_hidden_size(config: PreTrainedConfig) -> int:
     return config.hidden_size
 
 
+def special_token_ids(tokenizer) -> dict[str, int | None]:
+    """A tokenizer's padding, start and end ids under vtfusion's config names: [CLS] / [SEP] where the tokenizer has
+    them (BERT-style), else <s> / </s> (RoBERTa, GPT-style)."""
+    start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    return {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": start, "eos_token_id": end}
+
+
 @strict
 class VTFusionConfig(PreTrainedConfig):
     r"""
@@ -124,18 +132,25 @@ class VTFusionConfig(PreTrainedConfig):
         self.decoder_num_attention_heads = self.decoder_num_attention_heads or self.fusion_num_attention_heads
         self.decoder_intermediate_size = self.decoder_intermediate_size or 4 * self.decoder_hidden_size
         self.vocab_size = self.vocab_size or text.vocab_size
-        # BERT-style vocabularies: [PAD]=0, [CLS] starts a sequence, [SEP] ends it. Tokenizer-specific ids are set by
-        # `VTFusionProcessor`-aware code (the training entry point) from the tokenizer itself.
-        if self.pad_token_id is None:
-            self.pad_token_id = text.pad_token_id if text.pad_token_id is not None else 0
-        self.bos_token_id = self.bos_token_id if self.bos_token_id is not None else 101
-        self.eos_token_id = self.eos_token_id if self.eos_token_id is not None else 102
+        # Special ids not given follow the text encoder's config (RoBERTa: <s> 0, </s> 2). BERT configs name only the
+        # padding id: their [CLS] / [SEP] ids belong to the tokenizer (`special_token_ids`), which
+        # `from_vision_text_pretrained` and the training entry point read.
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(text, name, None))
         if self.decoder_start_token_id is None:
             self.decoder_start_token_id = self.bos_token_id
         self._check_values()
 
     def _check_values(self):
         """Values that cannot build a model fail here with a `ValueError` that says why and what to change."""
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+            token_id = getattr(self, name)
+            if token_id is not None and not 0 <= token_id < self.vocab_size:
+                raise ValueError(
+                    f"{name}={token_id} is outside the vocabulary of {self.vocab_size} tokens; take the special ids "
+                    "from the tokenizer: VTFusionConfig(..., **special_token_ids(tokenizer))."
+                )
         if self.fusion_type not in FUSION_TYPES:
             raise ValueError(f"Unknown fusion_type {self.fusion_type!r}; choose one of {', '.join(FUSION_TYPES)}.")
         for prefix, width, heads in (
@@ -161,4 +176,4 @@ class VTFusionConfig(PreTrainedConfig):
         return super().get_text_config(decoder=decoder, encoder=encoder)
 
 
-__all__ = ["VTFusionConfig", "FUSION_TYPES", "encoder_hidden_size"]
+__all__ = ["VTFusionConfig", "FUSION_TYPES", "encoder_hidden_size", "special_token_ids"]

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, GenerationMixin, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.loss.loss_utils import ForSequenceClassificationLoss
@@ -30,7 +30,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
-from .configuration_vtfusion import VTFusionConfig, encoder_hidden_size
+from .configuration_vtfusion import VTFusionConfig, encoder_hidden_size, special_token_ids
 from .fusion import FUSION_STRATEGIES, FusionOutput, LateFusion, VTFusionLayer, build_fusion, masked_mean
 from .pipelines import CUSTOM_PIPELINES
 
@@ -350,7 +350,8 @@ class VTFusionPreTrainedModel(PreTrainedModel):
         """Build any vtfusion head from two pretrained encoders (local folders or Hub ids); only new parts are random.
 
         `vision_*` / `text_*` keyword arguments go to the encoders' `from_pretrained` (e.g. `text_revision`); the
-        rest configure vtfusion (`fusion_type="co_attention"`, `projection_dim=256`, ...).
+        rest configure vtfusion (`fusion_type="co_attention"`, `projection_dim=256`, ...). Special token ids not
+        given come from the text encoder's tokenizer when it ships one.
         """
         vision_kwargs = {k[len("vision_") :]: kwargs.pop(k) for k in list(kwargs) if k.startswith("vision_")}
         text_kwargs = {k[len("text_") :]: kwargs.pop(k) for k in list(kwargs) if k.startswith("text_")}
@@ -361,6 +362,11 @@ class VTFusionPreTrainedModel(PreTrainedModel):
             vision_config = vision_config.vision_config
         vision_model = AutoModel.from_pretrained(vision_model_name_or_path, config=vision_config, **vision_kwargs)
         text_model = AutoModel.from_pretrained(text_model_name_or_path, **text_kwargs)
+        try:
+            tokenizer_ids = special_token_ids(AutoTokenizer.from_pretrained(text_model_name_or_path))
+        except (OSError, ValueError):  # no tokenizer files: the ids come from the text config or the caller
+            tokenizer_ids = {}
+        kwargs = {name: value for name, value in tokenizer_ids.items() if value is not None} | kwargs
         config = VTFusionConfig(vision_config=vision_model.config, text_config=text_model.config, **kwargs)
         model = cls(config)
         base = model if isinstance(model, VTFusionModel) else model.vtfusion
@@ -900,6 +906,11 @@ def causal_padding_mask(attention_mask: torch.Tensor | None, query_length: int, 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
     """Decoder inputs from labels: start token, then labels[:-1]; ignored (-100) positions become padding."""
+    if decoder_start_token_id is None or pad_token_id is None:
+        raise ValueError(
+            "The decoder needs config.decoder_start_token_id (or bos_token_id) and pad_token_id: set them from the "
+            "tokenizer, e.g. VTFusionConfig(..., **special_token_ids(tokenizer))."
+        )
     shifted = labels.new_full(labels.shape, pad_token_id)
     shifted[:, 1:] = labels[:, :-1]
     shifted[:, 0] = decoder_start_token_id

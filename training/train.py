@@ -56,6 +56,7 @@ from modeling_vtfusion import (
     VTFusionForSequenceClassification,
     VTFusionModel,
     VTFusionProcessor,
+    special_token_ids,
 )
 from training import evaluation, model_card
 from training.args import TASKS, DataArguments, EvaluationArguments, ModelArguments
@@ -292,9 +293,7 @@ def scratch_config(model_args: ModelArguments, data_args: DataArguments, tokeniz
         decoder_intermediate_size=intermediate_size,
         projection_dim=model_args.projection_dim,
         max_decoder_position_embeddings=max(64, data_args.max_target_length + 1),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
+        **special_token_ids(tokenizer),
         **kwargs,
     )
 
@@ -337,9 +336,6 @@ def build_model_and_processor(task, train_split, model_args, data_args, training
             num_fusion_layers=model_args.num_fusion_layers,
             decoder_num_hidden_layers=model_args.decoder_num_hidden_layers,
             projection_dim=model_args.projection_dim,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id,
-            eos_token_id=tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id,
             **kwargs,
         )
         return model, VTFusionProcessor(image_processor=image_processor, tokenizer=tokenizer)
