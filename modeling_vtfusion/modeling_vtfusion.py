@@ -417,9 +417,10 @@ class VTFusionModel(VTFusionPreTrainedModel):
         Mean pooling, as sentence-transformers pool MiniLM: it works for any text encoder, pretrained or not.
         """
         check_input_ids(input_ids, attention_mask, self.config.text_config)
-        extra = {"token_type_ids": token_type_ids, "position_ids": position_ids, **kwargs}
+        extra = {"token_type_ids": token_type_ids, "position_ids": position_ids}
         extra = {k: v for k, v in extra.items() if v is not None and k in self._text_forward_args}
-        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        flags = {k: v for k, v in kwargs.items() if v}  # output_hidden_states / output_attentions, when asked
+        outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, **extra, **flags)
         tokens = outputs.last_hidden_state
         return tokens, masked_mean(tokens, attention_mask), outputs
 

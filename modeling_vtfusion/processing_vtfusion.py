@@ -65,6 +65,11 @@ class VTFusionProcessor(ProcessorMixin):
 
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
         super().__init__(image_processor, tokenizer, **kwargs)
+        if self._auto_class is not None:
+            # What `save_pretrained` writes (into the image processor's entry too), so that `to_dict()` is the same
+            # before a save, after it and after loading.
+            self.auto_map = {self._auto_class: f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"}
+            self.image_processor.auto_map = dict(self.auto_map)
 
     def __call__(
         self,
