@@ -36,9 +36,11 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
 def additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """[B, Nk] 1/0 key mask -> [B, 1, 1, Nk] additive mask (0 or a large negative), broadcast over heads and queries.
 
-    A row whose keys are all masked attends uniformly instead of producing NaNs.
+    A row whose keys are all masked attends uniformly instead of producing NaNs. Without padding: None, so attention
+    takes its unmasked kernel; that check reads the mask on the host, so under `torch.compile` the mask is always
+    built instead (no graph break).
     """
-    if mask is None or bool(mask.all()):
+    if mask is None or (not torch.compiler.is_compiling() and bool(mask.all())):
         return None
     return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 

@@ -21,7 +21,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
-from transformers.loss.loss_utils import ForSequenceClassificationLoss
+from transformers.loss.loss_utils import ForCausalLMLoss, ForMaskedLMLoss, ForSequenceClassificationLoss
 from transformers.modeling_outputs import (
     BaseModelOutputWithPastAndCrossAttentions,
     BaseModelOutputWithPooling,
@@ -31,7 +31,15 @@ from transformers.modeling_outputs import (
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_vtfusion import VTFusionConfig, encoder_hidden_size, special_token_ids
-from .fusion import FUSION_STRATEGIES, FusionOutput, LateFusion, VTFusionLayer, build_fusion, masked_mean
+from .fusion import (
+    FUSION_STRATEGIES,
+    FusionOutput,
+    LateFusion,
+    VTFusionLayer,
+    additive_mask,
+    build_fusion,
+    masked_mean,
+)
 from .pipelines import CUSTOM_PIPELINES
 
 
@@ -626,8 +634,13 @@ class ImageTextMatchingMixin:
             negative_image_of_text = sample_hard_negatives(all_logits_per_text, same_text, self.training)
         neg_texts, neg_images = negative_text_of_image[rows], negative_image_of_text[rows]
 
-        # one fusion call over [positives; image + negative text; negative image + text], each image fused once
-        images, image_index = torch.unique(torch.cat([rows, rows, neg_images]), return_inverse=True)
+        # one fusion call over [positives; image + negative text; negative image + text], each image fused once: on one
+        # process the batch's images are exactly the ones paired (no `unique`, whose data-dependent size breaks
+        # `torch.compile` graphs); across processes only the distinct ones of the global batch
+        image_index = torch.cat([rows, rows, neg_images])
+        images = rows
+        if world_size() > 1:
+            images, image_index = torch.unique(image_index, return_inverse=True)
         pair_texts = torch.cat([text_tokens, all_text_tokens[neg_texts], text_tokens])
         pair_masks = torch.cat([attention_mask, all_text_mask[neg_texts], attention_mask])
         fused = model.fuse(all_image_tokens[images], pair_texts, pair_masks, image_index=image_index)
@@ -875,9 +888,7 @@ class VTFusionTextDecoder(nn.Module):
         positions = torch.arange(past, length, device=input_ids.device)
         hidden = self.embed_tokens(input_ids) + self.embed_positions(positions)
         self_mask = causal_padding_mask(attention_mask, input_ids.shape[1], hidden.dtype)
-        memory_keys = None if memory_mask is None or bool(memory_mask.all()) else memory_mask
-        if memory_keys is not None:
-            memory_keys = (1.0 - memory_keys[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
+        memory_keys = additive_mask(memory_mask, hidden.dtype)
         states, self_maps, cross_maps = (), (), ()
         for layer in self.layers:
             states += (hidden,)
@@ -897,12 +908,19 @@ class VTFusionTextDecoder(nn.Module):
 def causal_padding_mask(attention_mask: torch.Tensor | None, query_length: int, dtype) -> torch.Tensor | None:
     """None (pure causal, handled by the attention kernel) unless some decoder keys are padding: then an explicit
     [B, 1, q, k] additive mask that is causal and hides the padded keys."""
-    if attention_mask is None or bool(attention_mask.all()):
+    if attention_mask is None or (not torch.compiler.is_compiling() and bool(attention_mask.all())):
         return None
     key_length = attention_mask.shape[1]
     visible = torch.ones(query_length, key_length, dtype=torch.bool, device=attention_mask.device)
     visible = visible.tril(key_length - query_length)[None, None] & attention_mask[:, None, None, :].bool()
     return (~visible).to(dtype) * torch.finfo(dtype).min
+
+
+def caption_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """Next-token cross-entropy of decoder logits [B, T, V] against labels [B, T] already aligned with them (the
+    decoder read them shifted right), -100 ignored: `ForCausalLMLoss`, which divides by `num_items_in_batch` when
+    `Trainer` passes it, so gradient accumulation averages over tokens rather than over batches."""
+    return ForCausalLMLoss(logits, None, logits.shape[-1], num_items_in_batch, shift_labels=labels.contiguous())
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -938,7 +956,6 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
         return super().generate(**kwargs)
 
     _tied_weights_keys = {"lm_head.weight": "text_decoder.embed_tokens.weight"}
-    accepts_loss_kwargs = False
     main_input_name = "pixel_values"  # what `generate()` encodes
     _reads_fused = "tokens"
 
@@ -1059,7 +1076,7 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
         logits = self.lm_head(decoded.last_hidden_state[:, kept])
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+            loss = caption_loss(logits, labels, kwargs.get("num_items_in_batch"))
         return Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
@@ -1097,7 +1114,7 @@ class MaskedLanguageModelingMixin:
         if not masked.any():  # nothing masked (very short texts): a zero that keeps every weight in the graph
             return 0.0 * self.mlm_head(fused[:, 0]).sum()
         logits = self.mlm_head(fused[masked])  # [num_masked, vocab]
-        return F.cross_entropy(logits.float(), mlm_labels[masked])
+        return ForMaskedLMLoss(logits, mlm_labels[masked], self.config.vocab_size)
 
 
 class VTFusionForPreTraining(ImageTextMatchingMixin, MaskedLanguageModelingMixin, VTFusionPreTrainedModel):
@@ -1156,7 +1173,7 @@ class VTFusionForPreTraining(ImageTextMatchingMixin, MaskedLanguageModelingMixin
         decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
         hidden = self.text_decoder(decoder_input_ids, model.image_to_fusion(image_tokens)).last_hidden_state
         lm_logits = self.lm_head(hidden)
-        lm_loss = F.cross_entropy(lm_logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        lm_loss = caption_loss(lm_logits, labels)
         config = self.config
         loss = config.itc_loss_weight * itc_loss + config.itm_loss_weight * itm_loss + config.lm_loss_weight * lm_loss
         mlm_loss = None
@@ -1251,6 +1268,8 @@ def check_input_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor | None
             f"Texts of {input_ids.shape[1]} tokens exceed the text encoder's {max_length} positions; truncate them "
             "(VTFusionProcessor truncates to the tokenizer's model_max_length by default)."
         )
+    if torch.compiler.is_compiling():  # the range check below reads the ids on the host
+        return
     if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= text_config.vocab_size):
         raise ValueError(
             f"Token ids must lie in [0, {text_config.vocab_size}) (the text encoder's vocabulary), got "

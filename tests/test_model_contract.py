@@ -255,6 +255,25 @@ def test_logits_to_keep_returns_only_the_last_positions():
     assert torch.allclose(last[:, 0], every[:, -1], atol=1e-6)
 
 
+def test_the_caption_loss_divides_by_num_items_in_batch_as_trainer_passes_it():
+    model, batch = build(VTFusionForConditionalGeneration).eval(), random_batch()
+    labels = batch["input_ids"][:, 1:].masked_fill(batch["attention_mask"][:, 1:] == 0, -100)
+    with torch.no_grad():
+        mean = model(**batch, labels=labels).loss
+        over_twice_the_tokens = model(**batch, labels=labels, num_items_in_batch=2 * (labels != -100).sum()).loss
+    assert torch.allclose(over_twice_the_tokens, mean / 2)
+
+
+# Still branching on the data: the generation head (does the batch hold questions?) and MLM (gathers only the masked
+# positions, a sixth of the vocabulary projections of all of them).
+@pytest.mark.parametrize("head", HEADS[:3] + HEADS[4:], ids=HEAD_IDS[:3] + HEAD_IDS[4:])
+def test_a_training_forward_compiles_without_graph_breaks(head):
+    model = build(head).train()
+    inputs = {k: v for k, v in head_inputs(head).items() if not k.startswith("mlm_")}  # the last row is padded
+    explanation = torch._dynamo.explain(model)(**inputs)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
 # -- arguments -----------------------------------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ from modeling_vtfusion.modeling_vtfusion import (
     MaskedLanguageModelingMixin,
     VTFusionTextDecoder,
     caption_labels,
+    caption_loss,
     shift_tokens_right,
 )
 
@@ -157,7 +158,7 @@ class VTFusionForMultitask(ImageTextMatchingMixin, MaskedLanguageModelingMixin, 
         decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
         hidden = self.text_decoder(decoder_input_ids, memory, memory_mask).last_hidden_state
         logits = self.lm_head(hidden)
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        return caption_loss(logits, labels)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus the library's code files (this class is not remote code: each head
