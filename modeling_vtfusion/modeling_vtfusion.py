@@ -10,6 +10,7 @@ from .compat import MINIMUM_TRANSFORMERS  # noqa: F401  (first: an unsupported t
 
 
 # isort: split
+import copy
 import inspect
 from dataclasses import dataclass
 from typing import Unpack
@@ -18,7 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.loss.loss_utils import ForCausalLMLoss, ForMaskedLMLoss, ForSequenceClassificationLoss
@@ -28,6 +29,7 @@ from transformers.modeling_outputs import (
     Seq2SeqLMOutput,
     SequenceClassifierOutput,
 )
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_vtfusion import VTFusionConfig, encoder_hidden_size, special_token_ids
@@ -175,14 +177,13 @@ def contrastive_loss(logits_per_text: torch.Tensor, label_smoothing: float = 0.0
     return (text_loss + image_loss) / 2
 
 
-def drop_tanh_pooler(encoder: PreTrainedModel) -> PreTrainedModel:
-    """Remove a BERT / ViT-style learned tanh pooler: trained for next-sentence prediction, it saturates and stalls
-    contrastive learning. vtfusion pools [CLS] (images) and the token mean (texts) instead. Parameter-free or
-    normalising poolers (CNN global pooling, CLIP's post-layernorm) are kept and used as their encoder defines them.
-    """
-    if isinstance(getattr(encoder, "pooler", None), nn.Module) and any(True for _ in encoder.pooler.parameters()):
-        encoder.pooler = None
-    return encoder
+def without_tanh_pooler(config: PreTrainedConfig) -> dict:
+    """`add_pooling_layer=False` for encoders that take it (BERT, ViT, ...): their learned tanh pooler, trained for
+    next-sentence prediction, saturates and stalls contrastive learning, and vtfusion pools [CLS] (images) and the
+    token mean (texts) instead. Parameter-free or normalising poolers (CNN global pooling, CLIP's post-layernorm)
+    are kept and used as their encoder defines them."""
+    encoder_class = MODEL_MAPPING[type(config)]
+    return {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(encoder_class).parameters else {}
 
 
 def world_size() -> int:
@@ -252,7 +253,7 @@ class VTFusionPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["VTFusionLayer"]
     supports_gradient_checkpointing = True
     _supports_sdpa = True
-    _supports_flash_attn = True
+    _supports_flash_attn = False  # masks are 4-D additive ones, not the library's `masking_utils` (which flash needs)
     _supports_attention_backend = True
 
     def __init__(self, config, *args, **kwargs):
@@ -260,9 +261,13 @@ class VTFusionPreTrainedModel(PreTrainedModel):
         if getattr(config, "model_type", None) != VTFusionConfig.model_type:
             raise ValueError(f"{type(self).__name__} needs a VTFusionConfig, got {type(config).__name__}.")
         super().__init__(config, *args, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, whose config also names every Auto class (`AUTO_MAP`) and the custom
+        pipelines (`pipelines.py`) that `pipeline(task, ...)` looks up, whichever head saves."""
         self.config.auto_map = dict(AUTO_MAP)
-        # Every checkpoint also names the custom pipelines (pipelines.py) that `pipeline(task, ...)` looks up.
         self.config.custom_pipelines = {task: dict(entry) for task, entry in CUSTOM_PIPELINES.items()}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     # What a head reads of the fusion module, if not everything (see `VTFusionModel.parameters_outside`).
     _reads_fused: str | None = None
@@ -337,18 +342,10 @@ class VTFusionPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        """Initialise vtfusion's own layers; encoder weights are left to the encoders (and untouched if loaded)."""
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, nn.LayerNorm):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-        elif isinstance(module, VTFusionModel):
+        """The library's initialisation (normal `initializer_range` for linear and embedding layers, identity layer
+        norms) plus vtfusion's own parameters; encoders initialise themselves (and loaded weights stay as loaded)."""
+        super()._init_weights(module)
+        if isinstance(module, VTFusionModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
         elif isinstance(module, LateFusion):
             init.zeros_(module.modality_logits)
@@ -368,30 +365,40 @@ class VTFusionPreTrainedModel(PreTrainedModel):
         vision_config = AutoConfig.from_pretrained(vision_model_name_or_path)
         if hasattr(vision_config, "vision_config"):  # a CLIP / SigLIP checkpoint: keep its vision tower
             vision_config = vision_config.vision_config
+        vision_kwargs = without_tanh_pooler(vision_config) | vision_kwargs
         vision_model = AutoModel.from_pretrained(vision_model_name_or_path, config=vision_config, **vision_kwargs)
-        text_model = AutoModel.from_pretrained(text_model_name_or_path, **text_kwargs)
+        text_config = AutoConfig.from_pretrained(text_model_name_or_path)
+        text_kwargs = without_tanh_pooler(text_config) | text_kwargs
+        text_model = AutoModel.from_pretrained(text_model_name_or_path, config=text_config, **text_kwargs)
         try:
             tokenizer_ids = special_token_ids(AutoTokenizer.from_pretrained(text_model_name_or_path))
         except (OSError, ValueError):  # no tokenizer files: the ids come from the text config or the caller
             tokenizer_ids = {}
         kwargs = {name: value for name, value in tokenizer_ids.items() if value is not None} | kwargs
         config = VTFusionConfig(vision_config=vision_model.config, text_config=text_model.config, **kwargs)
-        model = cls(config)
-        base = model if isinstance(model, VTFusionModel) else model.vtfusion
-        for target, source in ((base.vision_model, vision_model), (base.text_model, text_model)):
-            missing, _ = target.load_state_dict(source.state_dict(), strict=False)  # a dropped pooler is unexpected
-            if missing:
-                raise ValueError(f"The pretrained {type(source).__name__} lacks weights vtfusion needs: {missing}")
-        return model
+        return cls(config, vision_model=vision_model, text_model=text_model)
 
 
 class VTFusionModel(VTFusionPreTrainedModel):
-    """Encoders, alignment projections with a learned temperature, and the fusion module."""
+    """Encoders, alignment projections with a learned temperature, and the fusion module.
 
-    def __init__(self, config: VTFusionConfig):
+    `vision_model` / `text_model`: encoders already built (pretrained ones, from `from_vision_text_pretrained`), as
+    `VisionTextDualEncoderModel` takes them; by default they are built from `config` with random weights.
+    """
+
+    def __init__(
+        self,
+        config: VTFusionConfig,
+        vision_model: PreTrainedModel | None = None,
+        text_model: PreTrainedModel | None = None,
+    ):
         super().__init__(config)
-        self.vision_model = drop_tanh_pooler(AutoModel.from_config(config.vision_config))
-        self.text_model = drop_tanh_pooler(AutoModel.from_config(config.text_config))
+        vision_config, text_config = config.vision_config, config.text_config
+        if vision_model is None:
+            vision_model = AutoModel.from_config(vision_config, **without_tanh_pooler(vision_config))
+        if text_model is None:
+            text_model = AutoModel.from_config(text_config, **without_tanh_pooler(text_config))
+        self.vision_model, self.text_model = vision_model, text_model
         vision_width, text_width = encoder_hidden_size(config.vision_config), encoder_hidden_size(config.text_config)
         self.visual_projection = nn.Linear(vision_width, config.projection_dim, bias=False)
         self.text_projection = nn.Linear(text_width, config.projection_dim, bias=False)
@@ -663,9 +670,9 @@ class VTFusionForImageTextRetrieval(ImageTextMatchingMixin, VTFusionPreTrainedMo
 
     accepts_loss_kwargs = False
 
-    def __init__(self, config: VTFusionConfig):
+    def __init__(self, config: VTFusionConfig, vision_model=None, text_model=None):
         super().__init__(config)
-        self.vtfusion = VTFusionModel(config)
+        self.vtfusion = VTFusionModel(config, vision_model, text_model)
         self.itm_head = nn.Linear(config.fusion_hidden_size, 2)
         self.post_init()
 
@@ -803,10 +810,10 @@ class VTFusionForSequenceClassification(VTFusionPreTrainedModel):
     accepts_loss_kwargs = False
     _reads_fused = "pooled"
 
-    def __init__(self, config: VTFusionConfig):
+    def __init__(self, config: VTFusionConfig, vision_model=None, text_model=None):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.vtfusion = VTFusionModel(config)
+        self.vtfusion = VTFusionModel(config, vision_model, text_model)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.fusion_hidden_size, config.num_labels)
         self.post_init()
@@ -959,10 +966,13 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
     main_input_name = "pixel_values"  # what `generate()` encodes
     _reads_fused = "tokens"
 
-    def __init__(self, config: VTFusionConfig):
-        config.is_encoder_decoder = True  # the image (+ question) side is encoded once per `generate()` call
+    def __init__(self, config: VTFusionConfig, vision_model=None, text_model=None):
+        # An encoder-decoder for `generate()`: the image (+ question) side is encoded once per call. On a copy, so
+        # that the caller's config (which may build other heads) is left as it was.
+        config = copy.deepcopy(config)
+        config.is_encoder_decoder = True
         super().__init__(config)
-        self.vtfusion = VTFusionModel(config)
+        self.vtfusion = VTFusionModel(config, vision_model, text_model)
         self.text_decoder = VTFusionTextDecoder(config)
         self.lm_head = nn.Linear(config.decoder_hidden_size, config.vocab_size, bias=False)
         self.post_init()
@@ -1124,9 +1134,9 @@ class VTFusionForPreTraining(ImageTextMatchingMixin, MaskedLanguageModelingMixin
     _tied_weights_keys = {"lm_head.weight": "text_decoder.embed_tokens.weight"}
     accepts_loss_kwargs = False
 
-    def __init__(self, config: VTFusionConfig):
+    def __init__(self, config: VTFusionConfig, vision_model=None, text_model=None):
         super().__init__(config)
-        self.vtfusion = VTFusionModel(config)
+        self.vtfusion = VTFusionModel(config, vision_model, text_model)
         self.itm_head = nn.Linear(config.fusion_hidden_size, 2)
         self.text_decoder = VTFusionTextDecoder(config)
         self.lm_head = nn.Linear(config.decoder_hidden_size, config.vocab_size, bias=False)

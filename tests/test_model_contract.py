@@ -343,3 +343,30 @@ def test_processor_to_dict_is_the_same_before_a_save_after_it_and_after_loading(
     processor.save_pretrained(tmp_path)
     assert processor.to_dict() == before == VTFusionProcessor.from_pretrained(tmp_path).to_dict()
     assert before["auto_map"] == {"AutoProcessor": "processing_vtfusion.VTFusionProcessor"}
+
+
+# -- composition -----------------------------------------------------------------------------------------------------
+
+
+def test_building_a_head_leaves_the_callers_config_as_it_was():
+    config = tiny_config()
+    before = config.to_dict()
+    for head in HEADS:
+        head(config)
+    assert config.to_dict() == before  # no auto_map, custom_pipelines nor is_encoder_decoder written into it
+    assert VTFusionForConditionalGeneration(config).config.is_encoder_decoder
+
+
+def test_encoders_are_built_without_their_tanh_pooler():
+    model = build(VTFusionModel)
+    assert model.text_model.pooler is None and model.vision_model.pooler is None
+    assert not [name for name in model.state_dict() if ".pooler." in name]
+
+
+def test_towers_handed_to_init_are_used_as_they_are():
+    reference = build(VTFusionModel)
+    weights = {name: p.clone() for name, p in reference.text_model.named_parameters()}
+    model = VTFusionModel(reference.config, vision_model=reference.vision_model, text_model=reference.text_model)
+    assert model.vision_model is reference.vision_model and model.text_model is reference.text_model
+    for name, parameter in model.text_model.named_parameters():
+        assert torch.equal(parameter, weights[name]), name  # not initialised again

@@ -57,9 +57,9 @@ class VTFusionForMultitask(ImageTextMatchingMixin, MaskedLanguageModelingMixin, 
     _tied_weights_keys = {"lm_head.weight": "text_decoder.embed_tokens.weight"}
     accepts_loss_kwargs = False
 
-    def __init__(self, config: VTFusionConfig):
+    def __init__(self, config: VTFusionConfig, vision_model=None, text_model=None):
         super().__init__(config)
-        self.vtfusion = VTFusionModel(config)
+        self.vtfusion = VTFusionModel(config, vision_model, text_model)
         self.itm_head = nn.Linear(config.fusion_hidden_size, 2)
         self.text_decoder = VTFusionTextDecoder(config)
         self.lm_head = nn.Linear(config.decoder_hidden_size, config.vocab_size, bias=False)
