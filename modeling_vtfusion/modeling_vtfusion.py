@@ -255,6 +255,8 @@ class VTFusionPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = False  # masks are 4-D additive ones, not the library's `masking_utils` (which flash needs)
     _supports_attention_backend = True
+    # What a head reads of the fusion module, if not everything (see `VTFusionModel.parameters_outside`).
+    _reads_fused: str | None = None
 
     def __init__(self, config, *args, **kwargs):
         # Not `isinstance`: under trust_remote_code the config module can be imported twice under two names.
@@ -268,9 +270,6 @@ class VTFusionPreTrainedModel(PreTrainedModel):
         self.config.auto_map = dict(AUTO_MAP)
         self.config.custom_pipelines = {task: dict(entry) for task, entry in CUSTOM_PIPELINES.items()}
         return super().save_pretrained(save_directory, *args, **kwargs)
-
-    # What a head reads of the fusion module, if not everything (see `VTFusionModel.parameters_outside`).
-    _reads_fused: str | None = None
 
     def post_init(self):
         super().post_init()
