@@ -2,6 +2,7 @@
 checkpoint its head loads, the test-split metrics come out, two processes train under `accelerate launch`, a run
 killed mid-training resumes to the result of an uninterrupted one, and bad column names fail with the columns."""
 
+import inspect
 import json
 import math
 import os
@@ -33,6 +34,7 @@ from training.args import DataArguments
 from training.data import VTFusionCollator, build_transform
 from training.multitask import VTFusionForMultitask
 from training.synthshapes import load_synthshapes, write_imagefolder
+from training.tasks import TASKS
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -47,13 +49,7 @@ TINY_MODEL = [
     "--tokenizer_vocab_size=200",
 ]
 QUIET = ["--report_to=none", "--disable_tqdm=true", "--dataloader_pin_memory=false", "--log_level=warning"]
-HEADS = {
-    "pretrain": VTFusionForPreTraining,
-    "retrieval": VTFusionForImageTextRetrieval,
-    "classification": VTFusionForSequenceClassification,
-    "captioning": VTFusionForConditionalGeneration,
-    "vqa": VTFusionForConditionalGeneration,
-}
+HEADS = {task: spec.head for task, spec in TASKS.items() if task != "multitask"}  # multitask: its own tests
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -424,3 +420,24 @@ def test_run_killed_mid_training_resumes_to_the_uninterrupted_result(synthshapes
 
     assert json.loads((killed_dir / "trainer_state.json").read_text())["global_step"] == 24
     assert resumed["eval_loss"] == pytest.approx(reference["eval_loss"], abs=0.02)
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_every_task_batch_holds_only_arguments_its_head_takes(task, synthshapes, tiny_processor):
+    """The task table's transform and collator agree with its head: nothing a forward would silently drop."""
+    spec = TASKS[task]
+    data_args = DataArguments(text_column=spec.default_text_column)
+    if task == "multitask":
+        data_args.train_statement_column, data_args.train_label_column = "statements", "statement_labels"
+    rows = load_synthshapes(synthshapes)["train"].select(range(3))[:]
+    if spec.class_labels:  # string class names become ids as `train.py` maps them
+        rows["statement_label"] = [0, 1, 0]
+        data_args.label_column = "statement_label"
+    features = build_transform(task, tiny_processor, data_args)(rows)
+    batch = VTFusionCollator(tiny_processor.tokenizer.pad_token_id, return_loss=spec.loss_without_labels)(
+        [dict(zip(features, values)) for values in zip(*features.values())]
+    )
+    accepted = set(inspect.signature(spec.head.forward).parameters)
+    assert set(batch) <= accepted, set(batch) - accepted
+    assert ("input_ids" in batch) == spec.fuses_text
+    assert ("labels" in batch) == (spec.labels is not None or spec.questions)

@@ -7,19 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modeling_vtfusion import FUSION_TYPES
-
-
-TASKS = ("pretrain", "retrieval", "classification", "captioning", "vqa", "multitask")
-
-# The column a task reads its text from when `--text_column` is not given (SynthShapes names).
-DEFAULT_TEXT_COLUMNS = {
-    "pretrain": "caption",
-    "retrieval": "caption",
-    "classification": "statement",
-    "captioning": "caption",
-    "vqa": "questions",
-    "multitask": "caption",
-}
+from training.tasks import TASKS
 
 
 def default_synthshapes_dir(num_scenes: int, seed: int) -> str:

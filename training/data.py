@@ -19,31 +19,12 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, IterableDataset, IterableDatasetDict, load_dataset
 from transformers import DataCollatorForLanguageModeling
 
-from training.args import DEFAULT_TEXT_COLUMNS, DataArguments, default_synthshapes_dir
+from training.args import DataArguments, default_synthshapes_dir
 from training.synthshapes import INFO_FILE, load_synthshapes, write_imagefolder
+from training.tasks import TASKS
 
 
 AnyDataset = Dataset | IterableDataset
-
-# The `DataArguments` column fields each task reads; `check_columns` fails early when one names no column.
-TASK_COLUMNS = {
-    "pretrain": ("image_column", "text_column"),
-    "retrieval": ("image_column", "text_column"),
-    "classification": ("image_column", "text_column", "label_column"),
-    "captioning": ("image_column", "text_column"),
-    "vqa": ("image_column", "text_column", "answer_column"),
-    "multitask": (
-        "image_column",
-        "text_column",
-        "question_column",
-        "answer_column",
-        "statement_column",
-        "label_column",
-        "train_statement_column",  # optional: checked when set
-        "train_label_column",
-    ),
-}
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Loading
@@ -70,7 +51,7 @@ def load_raw_datasets(data_args: DataArguments, main_process_first) -> DatasetDi
 
 def resolve_text_column(task: str, data_args: DataArguments) -> None:
     if data_args.text_column is None:
-        data_args.text_column = DEFAULT_TEXT_COLUMNS[task]
+        data_args.text_column = TASKS[task].default_text_column
 
 
 def get_split(datasets: DatasetDict | IterableDatasetDict, split: str) -> AnyDataset:
@@ -89,7 +70,7 @@ def column_names(dataset: AnyDataset) -> list[str]:
 def check_columns(dataset: AnyDataset, task: str, data_args: DataArguments) -> None:
     """Fail early, naming the flag and listing the columns that exist, when a configured column is missing."""
     existing = column_names(dataset)
-    for argument in TASK_COLUMNS[task]:
+    for argument in TASKS[task].columns:
         column = getattr(data_args, argument)
         if column is not None and column not in existing:
             raise ValueError(
@@ -201,13 +182,13 @@ def pick(value, rng: random.Random):
 
 def build_transform(task: str, processor, data_args: DataArguments, seed: int = 0) -> Callable[[dict], dict]:
     """A batched function from raw rows to model inputs, for `Dataset.with_transform` / `IterableDataset.map`."""
-    rng = random.Random(seed)
+    spec, rng = TASKS[task], random.Random(seed)
     max_length, max_target = data_args.max_length, data_args.max_target_length
     image_column, text_column = data_args.image_column, data_args.text_column
 
     def transform(batch: dict) -> dict:
         out = {"pixel_values": encode_images(processor, batch[image_column])}
-        if task == "vqa":
+        if spec.questions:
             pairs = [
                 rng.choice(question_answer_pairs(q, a))
                 for q, a in zip(batch[text_column], batch[data_args.answer_column])
@@ -216,16 +197,13 @@ def build_transform(task: str, processor, data_args: DataArguments, seed: int = 
             out["labels"] = encode_targets(processor, [answer for _, answer in pairs], max_target)
             return out
         texts = [pick(value, rng) for value in batch[text_column]]
-        if task == "captioning":
+        if spec.fuses_text:
+            out |= encode_texts(processor, texts, max_length)
+        if spec.labels == "caption":
             out["labels"] = encode_targets(processor, texts, max_target)
-            return out
-        out |= encode_texts(processor, texts, max_length)
-        if task == "pretrain":
-            out["labels"] = encode_targets(processor, texts, max_target)
-        elif task == "classification":
+        elif spec.labels == "class":
             out["labels"] = list(batch[data_args.label_column])
-        elif task == "multitask":
-            out["labels"] = encode_targets(processor, texts, max_target)
+        if spec.multitask_extras:
             out |= multitask_extras(batch, processor, data_args, rng)
         return out
 

@@ -51,15 +51,13 @@ from modeling_vtfusion import (
     FUSION_TYPES,
     VTFusionConfig,
     VTFusionForConditionalGeneration,
-    VTFusionForImageTextRetrieval,
-    VTFusionForPreTraining,
     VTFusionForSequenceClassification,
     VTFusionModel,
     VTFusionProcessor,
     special_token_ids,
 )
 from training import evaluation, model_card
-from training.args import TASKS, DataArguments, EvaluationArguments, ModelArguments
+from training.args import DataArguments, EvaluationArguments, ModelArguments
 from training.data import (
     VTFusionCollator,
     build_transform,
@@ -76,31 +74,13 @@ from training.data import (
 )
 from training.data_checks import check_finite_loss, drop_unreadable_images
 from training.multitask import VTFusionForMultitask
+from training.tasks import TASKS
 from training.tokenizer import train_wordpiece_tokenizer
 
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_FUSION_TYPE = "cross_attention"
-MLM_TASKS = ("pretrain", "multitask")  # heads with an MLM objective (`--mlm_probability`)
-
-TASK_HEADS = {
-    "pretrain": VTFusionForPreTraining,
-    "retrieval": VTFusionForImageTextRetrieval,
-    "classification": VTFusionForSequenceClassification,
-    "captioning": VTFusionForConditionalGeneration,
-    "vqa": VTFusionForConditionalGeneration,
-    "multitask": VTFusionForMultitask,
-}
-# The test-split metrics of each task.
-TASK_EVALUATIONS = {
-    "pretrain": ("retrieval", "captioning"),
-    "retrieval": ("retrieval",),
-    "classification": ("classification",),
-    "captioning": ("captioning",),
-    "vqa": ("vqa",),
-    "multitask": ("retrieval", "vqa", "classification", "captioning"),
-}
 
 
 class VTFusionTrainer(Trainer):
@@ -158,18 +138,13 @@ def check_args(model_args: ModelArguments, data_args: DataArguments, training_ar
         raise ValueError("A streamed data set has no length: pass --max_steps with --streaming.")
 
 
-# Tasks whose steps can leave trainable parameters without a gradient: objectives that can be switched off (ITM, MLM)
-# and captions decoded from the image alone (the text encoder and fusion module idle). DDP must then look for them.
-TASKS_WITH_IDLE_PARAMETERS = ("pretrain", "captioning", "multitask")
-
-
 def override_training_args(task: str, training_args: TrainingArguments) -> None:
     """Set what vtfusion's training needs, logging each value that differs from what was asked."""
     needed = {
         "remove_unused_columns": (False, "the on-the-fly transform reads the raw columns"),
         "prediction_loss_only": (True, "task metrics come from the test evaluation (--do_predict), not from logits"),
     }
-    if task in TASKS_WITH_IDLE_PARAMETERS and training_args.ddp_find_unused_parameters is None:
+    if TASKS[task].may_idle_parameters and training_args.ddp_find_unused_parameters is None:
         reason = f"{task} steps can leave parameters without a gradient (switched-off objectives, captions decoded "
         reason += "from the image alone); pass --ddp_find_unused_parameters false to skip the search"
         needed["ddp_find_unused_parameters"] = (True, reason)
@@ -246,7 +221,7 @@ def parse_overrides(text: str | None) -> dict:
 
 def task_config_kwargs(task: str, train_split, data_args: DataArguments) -> dict:
     """Label names of the classification heads."""
-    if task not in ("classification", "multitask"):
+    if not TASKS[task].class_labels:
         return {}
     names = class_names(train_split, data_args)
     return {
@@ -316,14 +291,14 @@ def scratch_processor(train_split, model_args, data_args, training_args) -> VTFu
 
 def build_model_and_processor(task, train_split, model_args, data_args, training_args, checkpoint):
     """From a checkpoint to resume or continue, from two pretrained encoders, or from scratch."""
-    head = TASK_HEADS[task]
+    head = TASKS[task].head
     kwargs = task_config_kwargs(task, train_split, data_args) | parse_overrides(model_args.config_overrides)
     source = checkpoint or model_args.model_name_or_path
     if source:
         if model_args.fusion_type:
             kwargs["fusion_type"] = model_args.fusion_type
         model, loading = head.from_pretrained(source, output_loading_info=True, **kwargs)
-        if task == "multitask" and "classifier.weight" in loading["missing_keys"]:
+        if isinstance(model, VTFusionForMultitask) and "classifier.weight" in loading["missing_keys"]:
             model.classifier_from_itm_head()
         return model, VTFusionProcessor.from_pretrained(source)
     if model_args.vision_model_name_or_path:
@@ -364,7 +339,8 @@ def evaluate_on_test(task, model_dir, processor, test_split, data_args, eval_arg
     common = {"batch_size": eval_args.test_batch_size}
     generation = {"max_new_tokens": eval_args.generation_max_new_tokens, "num_beams": eval_args.generation_num_beams}
     image_column = data_args.image_column
-    for kind in TASK_EVALUATIONS[task]:
+    spec = TASKS[task]
+    for kind in spec.evaluations:
         start = time.perf_counter()
         if kind == "retrieval":
             model = VTFusionModel.from_pretrained(model_dir).to(device)
@@ -393,7 +369,7 @@ def evaluate_on_test(task, model_dir, processor, test_split, data_args, eval_arg
             )
         elif kind == "vqa":
             model = VTFusionForConditionalGeneration.from_pretrained(model_dir).to(device)
-            questions = data_args.question_column if task == "multitask" else data_args.text_column
+            questions = getattr(data_args, spec.question_column)
             results |= evaluation.evaluate_vqa(
                 model,
                 processor,
@@ -409,7 +385,7 @@ def evaluate_on_test(task, model_dir, processor, test_split, data_args, eval_arg
             )
         elif kind == "classification":
             model = VTFusionForSequenceClassification.from_pretrained(model_dir).to(device)
-            statements = data_args.statement_column if task == "multitask" else data_args.text_column
+            statements = getattr(data_args, spec.statement_column)
             results |= evaluation.evaluate_classification(
                 model,
                 processor,
@@ -429,14 +405,14 @@ def build_collator(task: str, processor, data_args: DataArguments, seed: int) ->
     """Padding, plus the MLM masking of captions for the tasks that pre-train the fusion module with it."""
     tokenizer = processor.tokenizer
     mlm = None
-    if task in MLM_TASKS and data_args.mlm_probability > 0:
+    if TASKS[task].mlm and data_args.mlm_probability > 0:
         if tokenizer.mask_token_id is None:
             raise ValueError(
                 f"--mlm_probability {data_args.mlm_probability} needs a tokenizer with a mask token; "
                 f"{type(tokenizer).__name__} has none. Pass --mlm_probability 0 to train without MLM."
             )
         mlm = DataCollatorForLanguageModeling(tokenizer, mlm_probability=data_args.mlm_probability, seed=seed)
-    return VTFusionCollator(tokenizer.pad_token_id, return_loss=task == "retrieval", mlm=mlm)
+    return VTFusionCollator(tokenizer.pad_token_id, return_loss=TASKS[task].loss_without_labels, mlm=mlm)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -456,7 +432,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     train_split, train_skipped = readable_split(raw_datasets, data_args.train_split, data_args)
     checkpoint = resolve_checkpoint(training_args)
     model, processor = build_model_and_processor(task, train_split, model_args, data_args, training_args, checkpoint)
-    if task == "multitask":
+    if isinstance(model, VTFusionForMultitask):
         model.skip_itm = not model_args.multitask_itm
     logger.info(f"{type(model).__name__} ({model.config.fusion_type}): {model.num_parameters() / 1e6:.2f}M parameters")
 
