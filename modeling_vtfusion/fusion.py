@@ -33,14 +33,19 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     return attn_output, attn_weights
 
 
-def additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """[B, Nk] 1/0 key mask -> [B, 1, 1, Nk] additive mask (0 or a large negative), broadcast over heads and queries.
+def without_padding(mask: torch.Tensor | None) -> bool:
+    """Whether a [B, N] 1/0 key mask hides nothing, so attention can take its unmasked kernel. The check reads the mask
+    on the host, so under `torch.compile` it answers False and the mask is always built (no graph break)."""
+    return mask is None or (not torch.compiler.is_compiling() and bool(mask.all()))
 
-    A row whose keys are all masked attends uniformly instead of producing NaNs. Without padding: None, so attention
-    takes its unmasked kernel; that check reads the mask on the host, so under `torch.compile` the mask is always
-    built instead (no graph break).
+
+def additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """[B, Nk] 1/0 key mask -> [B, 1, 1, Nk] additive mask (0 or a large negative), broadcast over heads and queries;
+    None without padding (`without_padding`).
+
+    A row whose keys are all masked attends uniformly instead of producing NaNs.
     """
-    if mask is None or (not torch.compiler.is_compiling() and bool(mask.all())):
+    if without_padding(mask):
         return None
     return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 

@@ -41,6 +41,7 @@ from .fusion import (
     additive_mask,
     build_fusion,
     masked_mean,
+    without_padding,
 )
 from .pipelines import CUSTOM_PIPELINES
 
@@ -278,7 +279,7 @@ class VTFusionPreTrainedModel(PreTrainedModel):
     def freeze_untrained_parameters(self) -> None:
         """Freeze what this model never trains: encoders the config freezes and, in a head, the parameters no output
         reads. Runs after `__init__` and again after `from_pretrained`, whose loading makes new parameters."""
-        base = self if isinstance(self, VTFusionModel) else self.vtfusion
+        base = self.base_model  # `self.vtfusion` in a head, the model itself in VTFusionModel
         frozen = base.parameters_outside(self._reads_fused) if self._reads_fused else []
         if self.config.freeze_vision_encoder:
             frozen += list(base.vision_model.parameters())
@@ -289,12 +290,19 @@ class VTFusionPreTrainedModel(PreTrainedModel):
 
     def get_input_embeddings(self) -> nn.Embedding:
         """The text encoder's word embeddings: what `input_ids` index, in every head."""
-        base = self if isinstance(self, VTFusionModel) else self.vtfusion
+        base = self.base_model  # `self.vtfusion` in a head, the model itself in VTFusionModel
         return base.text_model.get_input_embeddings()
 
     def set_input_embeddings(self, value: nn.Embedding):
-        base = self if isinstance(self, VTFusionModel) else self.vtfusion
+        base = self.base_model  # `self.vtfusion` in a head, the model itself in VTFusionModel
         base.text_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear | None:
+        """The caption decoder's LM head, in the heads that have one (tied to the decoder's embeddings)."""
+        return getattr(self, "lm_head", None)
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear):
+        self.lm_head = new_embeddings
 
     def _resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of=None, mean_resizing=True):
         """One vocabulary serves the text encoder, the caption decoder and the LM / MLM heads: resized together.
@@ -914,7 +922,7 @@ class VTFusionTextDecoder(nn.Module):
 def causal_padding_mask(attention_mask: torch.Tensor | None, query_length: int, dtype) -> torch.Tensor | None:
     """None (pure causal, handled by the attention kernel) unless some decoder keys are padding: then an explicit
     [B, 1, q, k] additive mask that is causal and hides the padded keys."""
-    if attention_mask is None or (not torch.compiler.is_compiling() and bool(attention_mask.all())):
+    if without_padding(attention_mask):
         return None
     key_length = attention_mask.shape[1]
     visible = torch.ones(query_length, key_length, dtype=torch.bool, device=attention_mask.device)
@@ -977,12 +985,6 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
         self.post_init()
         # Generate up to the decoder's position limit by default; pipelines then add no longer default of their own.
         self.generation_config.max_length = config.max_decoder_position_embeddings
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head = new_embeddings
 
     def encode(
         self,
@@ -1142,12 +1144,6 @@ class VTFusionForPreTraining(ImageTextMatchingMixin, MaskedLanguageModelingMixin
         # registered last, so the other modules draw the same initial weights as in a head without it
         self.mlm_head = nn.Linear(config.fusion_hidden_size, config.vocab_size)
         self.post_init()
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head = new_embeddings
 
     @can_return_tuple
     def forward(

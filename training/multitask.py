@@ -80,12 +80,6 @@ class VTFusionForMultitask(ImageTextMatchingMixin, MaskedLanguageModelingMixin, 
         if self.config.num_labels == 2:
             self.classifier.load_state_dict(self.itm_head.state_dict())
 
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head = new_embeddings
-
     def forward(
         self,
         pixel_values: torch.FloatTensor,
