@@ -901,7 +901,7 @@ class VTFusionTextDecoder(nn.Module):
             )
         positions = torch.arange(past, length, device=input_ids.device)
         hidden = self.embed_tokens(input_ids) + self.embed_positions(positions)
-        self_mask = causal_padding_mask(attention_mask, input_ids.shape[1], hidden.dtype)
+        self_mask = causal_padding_mask(attention_mask, input_ids.shape[1], length, hidden)
         memory_keys = additive_mask(memory_mask, hidden.dtype)
         states, self_maps, cross_maps = (), (), ()
         for layer in self.layers:
@@ -919,15 +919,17 @@ class VTFusionTextDecoder(nn.Module):
         )
 
 
-def causal_padding_mask(attention_mask: torch.Tensor | None, query_length: int, dtype) -> torch.Tensor | None:
-    """None (pure causal, handled by the attention kernel) unless some decoder keys are padding: then an explicit
-    [B, 1, q, k] additive mask that is causal and hides the padded keys."""
-    if without_padding(attention_mask):
+def causal_padding_mask(attention_mask: torch.Tensor | None, query_length: int, key_length: int, like: torch.Tensor):
+    """None (pure causal: the attention kernel's `is_causal`) when the queries are all the keys, or one new token,
+    and no key is padding. Otherwise an explicit [B or 1, 1, q, k] additive mask, causal with the queries as the last
+    q of the k keys (several new tokens after a cache, as assisted decoding verifies a draft), hiding padded keys."""
+    if without_padding(attention_mask) and query_length in (1, key_length):
         return None
-    key_length = attention_mask.shape[1]
-    visible = torch.ones(query_length, key_length, dtype=torch.bool, device=attention_mask.device)
-    visible = visible.tril(key_length - query_length)[None, None] & attention_mask[:, None, None, :].bool()
-    return (~visible).to(dtype) * torch.finfo(dtype).min
+    visible = torch.ones(query_length, key_length, dtype=torch.bool, device=like.device)
+    visible = visible.tril(key_length - query_length)[None, None]
+    if attention_mask is not None:
+        visible = visible & attention_mask[:, None, None, -key_length:].bool()
+    return (~visible).to(like.dtype) * torch.finfo(like.dtype).min
 
 
 def caption_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
@@ -960,14 +962,22 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
 
     @torch.no_grad()
     def generate(self, pixel_values=None, input_ids=None, attention_mask=None, token_type_ids=None, **kwargs):
-        """`GenerationMixin.generate` (greedy, beam search, sampling, ...) with the memory encoded once up front.
+        """`GenerationMixin.generate` (greedy, beam search, sampling, assisted, ...) with the memory encoded up front.
 
-        `input_ids` is the question fused with the image, never a decoder prefix; pass `decoder_input_ids` for that.
+        `input_ids` is the question fused with the image, never a decoder prefix (pass `decoder_input_ids` for that):
+        the library would take `input_ids` left in its keyword arguments for the decoder's prompt, hence this
+        override. `pixel_values` still reach `generate()` as its main input, so an `assistant_model` encodes the image
+        with its own `get_encoder()`; it drafts without the question, and the answer is unchanged (every drafted
+        token is verified by this model).
         """
         if kwargs.get("encoder_outputs") is None:
             flags = [bool(kwargs.get(name)) for name in ("output_attentions", "output_hidden_states")]
             kwargs["encoder_outputs"] = self.encode(pixel_values, input_ids, attention_mask, token_type_ids, *flags)
-        return super().generate(**kwargs)
+        return super().generate(pixel_values, **kwargs)
+
+    def get_encoder(self, modality: str | None = None) -> "VTFusionMemoryEncoder":
+        """What `generate()` utilities call to encode the decoder's memory (assisted decoding's assistant does)."""
+        return VTFusionMemoryEncoder(self)
 
     _tied_weights_keys = {"lm_head.weight": "text_decoder.embed_tokens.weight"}
     main_input_name = "pixel_values"  # what `generate()` encodes
@@ -1109,6 +1119,29 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
         else:
             past_key_values.reorder_cache(beam_idx)
         return past_key_values
+
+
+class VTFusionMemoryEncoder(nn.Module):
+    """The encoder side of `VTFusionForConditionalGeneration` as a module of its own, for `get_encoder()`: `forward`
+    is the head's `encode`. It holds the head without registering it, so it adds no parameters or state dict keys."""
+
+    def __init__(self, head: VTFusionForConditionalGeneration):
+        super().__init__()
+        object.__setattr__(self, "head", head)  # not a submodule: the head owns the weights
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool = True,
+    ) -> VTFusionEncoderOutput:
+        flags = bool(output_attentions), bool(output_hidden_states)
+        encoded = self.head.encode(pixel_values, input_ids, attention_mask, token_type_ids, *flags)
+        return encoded if return_dict else encoded.to_tuple()
 
 
 class MaskedLanguageModelingMixin:

@@ -376,6 +376,20 @@ def test_label_positions_set_to_minus_100_do_not_count():
         torch.testing.assert_close(model(**dict(inputs, labels=padded)).loss, model(**dict(inputs, labels=short)).loss)
 
 
+def test_several_new_tokens_after_a_cache_decode_as_they_would_without_it():
+    """Assisted decoding verifies a draft of several tokens in one call on top of the cache: causal for those tokens,
+    with the cached ones all visible."""
+    model = build(VTFusionForConditionalGeneration).eval()
+    inputs = generation_inputs("vqa")
+    tokens = answers(3, length=6)
+    with torch.no_grad():
+        whole = model(**inputs, decoder_input_ids=tokens).logits
+        first = model(**inputs, decoder_input_ids=tokens[:, :2], use_cache=True)
+        cache = first.past_key_values if first.past_key_values is not None else first.cache
+        rest = model(**inputs, decoder_input_ids=tokens[:, 2:], past_key_values=cache).logits
+    torch.testing.assert_close(rest, whole[:, 2:], atol=1e-5, rtol=1e-4)
+
+
 def count_calls(module, calls: list):
     return module.register_forward_hook(lambda *_: calls.append(1))
 

@@ -232,6 +232,26 @@ def test_generate_returns_decoder_and_encoder_hidden_states_and_attentions(fusio
     assert out.encoder_hidden_states is not None and out.encoder_attentions is not None
 
 
+@pytest.mark.parametrize("task", ["captioning", "vqa"])
+def test_assisted_decoding_gives_the_tokens_of_greedy_search(task):
+    model = build(VTFusionForConditionalGeneration).eval()
+    torch.manual_seed(1)  # a different draft model, so that some of its tokens are rejected
+    assistant = VTFusionForConditionalGeneration(tiny_config()).eval()
+    batch = random_batch(batch_size=1)
+    inputs = {"pixel_values": batch["pixel_values"]} if task == "captioning" else batch
+    greedy = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8)
+    assisted = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, assistant_model=assistant)
+    assert torch.equal(assisted, greedy)
+
+
+def test_get_encoder_encodes_the_decoder_memory_without_owning_weights():
+    model, batch = build(VTFusionForConditionalGeneration).eval(), random_batch()
+    encoder = model.get_encoder()
+    assert list(encoder.parameters()) == [] and encoder.forward.__name__ == "forward"
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(**batch).last_hidden_state, model.encode(**batch).last_hidden_state)
+
+
 def test_decoder_sizes_and_cache_setting_are_where_generation_utilities_read_them():
     config = tiny_config(decoder_hidden_size=48, decoder_num_attention_heads=4, decoder_num_hidden_layers=3)
     decoder = config.get_text_config(decoder=True)
