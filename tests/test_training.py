@@ -17,7 +17,7 @@ import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
 from huggingface_hub import ModelCard
-from tiny_models import random_batch, tiny_config
+from tiny_models import TINY_TEXT, random_batch, tiny_config
 from transformers import BertModel, DataCollatorForLanguageModeling, ViTModel
 
 from modeling_vtfusion import (
@@ -392,6 +392,51 @@ def test_accelerate_launch_trains_on_two_processes(synthshapes, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Total train batch size (w. parallel, distributed & accumulation) = 16" in done.stdout + done.stderr
     assert (tmp_path / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("task", ["captioning", "vqa"])
+def test_generation_metrics_on_two_processes_equal_those_of_one(task, synthshapes, tmp_path):
+    """The test split's captions / answers are generated in Trainer's prediction loop, shared by the processes."""
+    trained = tmp_path / "trained"
+    train.main(run_args(synthshapes, trained, task, "--do_train", "--max_steps=4"))
+    predict = ["--do_predict", f"--model_name_or_path={trained}", "--generation_max_new_tokens=6"]
+    predict += ["--test_batch_size=2"]  # several batches a process, the last one evened out with repeated rows
+    one = train.main(run_args(synthshapes, tmp_path / "one", task, *predict))
+    config = REPO_ROOT / "training" / "configs" / "cpu_2proc.yaml"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    command += ["--main_process_port", "29518", "-m", "training.train", *run_args(synthshapes, tmp_path / "two", task)]
+
+    done = subprocess.run(
+        [*command, *predict], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "test_results.json").read_text())
+    names = ["bleu4", "rouge_l", "cider"] if task == "captioning" else ["vqa_accuracy"]
+    assert {name: two[name] for name in names} == {name: one[f"test_{name}"] for name in names}
+
+
+def test_generated_texts_on_two_processes_are_those_of_one_in_row_order(tmp_path, tiny_processor):
+    torch.manual_seed(0)
+    text_config = dict(TINY_TEXT, vocab_size=len(tiny_processor.tokenizer))
+    config = tiny_config(text_config=text_config, initializer_range=0.5)  # large random weights: texts differ by image
+    VTFusionForConditionalGeneration(config).save_pretrained(tmp_path)
+    tiny_processor.save_pretrained(tmp_path)
+    script = REPO_ROOT / "tests" / "generation_on_processes.py"
+    config = REPO_ROOT / "training" / "configs" / "cpu_2proc.yaml"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    command += ["--main_process_port", "29519", str(script), str(tmp_path), str(tmp_path / "two.json")]
+
+    done = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    one = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), str(tmp_path / "one.json")], cwd=REPO_ROOT, env=subprocess_env()
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert one.returncode == 0
+    texts = json.loads((tmp_path / "one.json").read_text())
+    assert len(texts) == 7 and len(set(texts)) == 7
+    assert json.loads((tmp_path / "two.json").read_text()) == texts
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 60.0) -> None:

@@ -7,14 +7,20 @@
 - captioning: BLEU-4, ROUGE-L and CIDEr-D of generated captions against every reference paraphrase.
 
 Every function takes a model, a `VTFusionProcessor` and a `datasets` split (map-style or streamed), and returns a
-flat dict of floats whose names are those of `results.json`.
+flat dict of floats whose names are those of `results.json`. Generation runs in `Seq2SeqTrainer`'s prediction loop,
+so under `accelerate launch` the processes share it (every process calls the generation metrics); retrieval and
+classification run on the process that calls them.
 """
 
+import math
+import tempfile
 import uuid
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
 from training.metrics import load_metric
 
@@ -79,16 +85,49 @@ def recall_results(similarity, ids: list, suffix: str) -> dict[str, float]:
     }
 
 
-def generate_texts(model, processor, images, questions=None, max_new_tokens=48, num_beams=1) -> list[str]:
-    inputs = processor(images=images, text=questions, return_tensors="pt")
-    inputs.pop("token_type_ids", None)
-    generated = model.generate(
-        **to_device(inputs, model.device), max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False
+class GenerationCollator:
+    """Rows {"image", "question" (or None: caption it)} -> the processor's batch for `generate()`."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, rows: list[dict]) -> dict:
+        questions = [row["question"] or "" for row in rows]  # an empty text is captioned, as no text is
+        images = [row["image"] for row in rows]
+        inputs = self.processor(images=images, text=questions if any(questions) else None, return_tensors="pt")
+        inputs.pop("token_type_ids", None)
+        return dict(inputs)
+
+
+def generate_texts(model, processor, rows: list[dict], max_new_tokens=48, num_beams=1, batch_size=64) -> list[str]:
+    """The generated caption (row without question) or answer of each row {"image", "question"}, in row order.
+
+    Through `Seq2SeqTrainer.predict` with `predict_with_generate`: under `accelerate launch` each process generates
+    for its share of the rows and every process gets all the texts back (the prediction loop gathers them), so the
+    metrics come out the same on every process. Every process must call it.
+    """
+    args = Seq2SeqTrainingArguments(
+        output_dir=tempfile.gettempdir(),  # nothing is saved
+        predict_with_generate=True,
+        remove_unused_columns=False,
+        dataloader_pin_memory=False,
+        report_to="none",
+        disable_tqdm=True,
+        log_level="warning",
     )
+    # few rows: share them out in one batch per process, rather than pad a process's batch with repeated rows
+    args.per_device_eval_batch_size = max(1, min(batch_size, math.ceil(len(rows) / args.world_size)))
+    trainer = Seq2SeqTrainer(
+        model=model, args=args, data_collator=GenerationCollator(processor), processing_class=processor.tokenizer
+    )
+    generated = trainer.predict(rows, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False).predictions
+    # Seq2SeqTrainer gathers with `gather`, not `gather_for_metrics`: the rows accelerate repeats to even out the
+    # processes' last batches come after all the others, in row order; cut them off.
+    generated = generated[: len(rows)]
+    generated = np.where(generated == -100, processor.tokenizer.pad_token_id, generated)  # padding between batches
     return [text.strip() for text in processor.batch_decode(generated, skip_special_tokens=True)]
 
 
-@torch.inference_mode()
 def evaluate_vqa(
     model,
     processor,
@@ -103,19 +142,16 @@ def evaluate_vqa(
     num_beams: int = 1,
 ) -> dict[str, float]:
     """VQA accuracy of generated answers to every question of the first `max_rows` rows."""
-    model.eval()
-    predictions, references, types = [], [], []
+    rows, references, types = [], [], []
     columns = [image_column, question_column, answer_column] + ([question_type_column] if question_type_column else [])
-    for batch in batches(dataset, columns, max(1, batch_size // 4), max_rows):  # ~4 questions per image
+    for batch in batches(dataset, columns, batch_size, max_rows):
         kinds = batch[question_type_column] if question_type_column else [None] * len(batch[question_column])
-        images, questions = [], []
         for image, *row in zip(batch[image_column], batch[question_column], batch[answer_column], kinds):
             for question, answers, kind in vqa_items(*row):
-                images.append(image)
-                questions.append(question)
+                rows.append({"image": image, "question": question})
                 references.append(answers)
                 types += [kind] if kind is not None else []
-        predictions += generate_texts(model, processor, images, questions, max_new_tokens, num_beams)
+    predictions = generate_texts(model, processor, rows, max_new_tokens, num_beams, batch_size)
     return metric("vqa_accuracy").compute(predictions=predictions, references=references, question_types=types or None)
 
 
@@ -159,7 +195,6 @@ def evaluate_classification(
     return results
 
 
-@torch.inference_mode()
 def evaluate_captioning(
     model,
     processor,
@@ -172,11 +207,11 @@ def evaluate_captioning(
     num_beams: int = 1,
 ) -> dict[str, float]:
     """BLEU-4, ROUGE-L and CIDEr-D of generated captions; each image's references are all its captions."""
-    model.eval()
-    predictions, references = [], []
+    rows, references = [], []
     for batch in batches(dataset, [image_column, references_column], batch_size, max_rows):
-        predictions += generate_texts(model, processor, batch[image_column], None, max_new_tokens, num_beams)
+        rows += [{"image": image, "question": None} for image in batch[image_column]]
         references += [[refs] if isinstance(refs, str) else list(refs) for refs in batch[references_column]]
+    predictions = generate_texts(model, processor, rows, max_new_tokens, num_beams, batch_size)
     return {
         "bleu4": metric("bleu").compute(predictions=predictions, references=references)["bleu"],
         "rouge_l": metric("rouge_l").compute(predictions=predictions, references=references)["rouge_l"],

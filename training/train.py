@@ -333,14 +333,19 @@ def with_skipped_count(metrics: dict, skipped) -> dict:
     return metrics if skipped is None else metrics | {"skipped_unreadable_images": skipped.count}
 
 
-def evaluate_on_test(task, model_dir, processor, test_split, data_args, eval_args, device) -> dict[str, float]:
-    """The task's metrics on the test split; each metric uses the head class it needs, loaded from `model_dir`."""
-    results = {}
+def evaluate_on_test(task, model_dir, processor, test_split, data_args, eval_args, training_args) -> dict[str, float]:
+    """The task's metrics on the test split; each metric uses the head class it needs, loaded from `model_dir`.
+
+    Called on every process: generation (captioning, VQA) is shared by all of them in Trainer's prediction loop,
+    retrieval and classification run on the main process alone (the others return without them)."""
+    results, device, is_main = {}, training_args.device, training_args.process_index == 0
     common = {"batch_size": eval_args.test_batch_size}
     generation = {"max_new_tokens": eval_args.generation_max_new_tokens, "num_beams": eval_args.generation_num_beams}
     image_column = data_args.image_column
     spec = TASKS[task]
     for kind in spec.evaluations:
+        if kind not in ("captioning", "vqa") and not is_main:
+            continue
         start = time.perf_counter()
         if kind == "retrieval":
             model = VTFusionModel.from_pretrained(model_dir).to(device)
@@ -355,7 +360,7 @@ def evaluate_on_test(task, model_dir, processor, test_split, data_args, eval_arg
                 **common,
             )
         elif kind == "captioning":
-            model = VTFusionForConditionalGeneration.from_pretrained(model_dir).to(device)
+            model = VTFusionForConditionalGeneration.from_pretrained(model_dir)  # Trainer places it
             references = optional_column(test_split, data_args.references_column) or data_args.text_column
             results |= evaluation.evaluate_captioning(
                 model,
@@ -368,7 +373,7 @@ def evaluate_on_test(task, model_dir, processor, test_split, data_args, eval_arg
                 **generation,
             )
         elif kind == "vqa":
-            model = VTFusionForConditionalGeneration.from_pretrained(model_dir).to(device)
+            model = VTFusionForConditionalGeneration.from_pretrained(model_dir)
             questions = getattr(data_args, spec.question_column)
             results |= evaluation.evaluate_vqa(
                 model,
@@ -469,18 +474,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         metrics |= eval_metrics
-    if training_args.do_predict and trainer.is_world_process_zero():
+    if training_args.do_predict:
         model_dir = training_args.output_dir if training_args.do_train else model_args.model_name_or_path
         if model_dir is None:
             raise ValueError("--do_predict without --do_train needs --model_name_or_path (the model to evaluate).")
         test_split, test_skipped = readable_split(raw_datasets, data_args.test_split, data_args)
-        test_metrics = evaluate_on_test(
-            task, model_dir, processor, test_split, data_args, eval_args, training_args.device
-        )
-        test_metrics = with_skipped_count(test_metrics, test_skipped)
-        trainer.log_metrics("test", test_metrics)
-        trainer.save_metrics("test", test_metrics)
-        metrics |= {f"test_{name}": value for name, value in test_metrics.items()}
+        test_metrics = evaluate_on_test(task, model_dir, processor, test_split, data_args, eval_args, training_args)
+        if trainer.is_world_process_zero():
+            test_metrics = with_skipped_count(test_metrics, test_skipped)
+            trainer.log_metrics("test", test_metrics)
+            trainer.save_metrics("test", test_metrics)
+            metrics |= {f"test_{name}": value for name, value in test_metrics.items()}
     if training_args.push_to_hub and training_args.do_train:
         trainer.push_to_hub(commit_message=f"vtfusion {task} ({model.config.fusion_type})")
     return metrics
