@@ -21,6 +21,8 @@ from transformers.utils import ModelOutput
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, is_causal=False, **_):
     """Reference attention that also returns the weights; used when attention maps are requested."""
     attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None and attention_mask.dtype == torch.bool:  # `masking_utils`' SDPA form: True = visible
+        attention_mask = torch.zeros_like(attn_weights).masked_fill(~attention_mask, torch.finfo(query.dtype).min)
     if attention_mask is not None:
         attn_weights = attn_weights + attention_mask
     if is_causal:  # queries are the last q positions of the k keys

@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, GenerationMixin, 
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.loss.loss_utils import ForCausalLMLoss, ForMaskedLMLoss, ForSequenceClassificationLoss
+from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import (
     BaseModelOutputWithPastAndCrossAttentions,
     BaseModelOutputWithPooling,
@@ -31,17 +32,18 @@ from transformers.modeling_outputs import (
 )
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_vtfusion import VTFusionConfig, encoder_hidden_size, special_token_ids
 from .fusion import (
     FUSION_STRATEGIES,
     FusionOutput,
     LateFusion,
+    VTFusionAttention,
     VTFusionLayer,
     additive_mask,
     build_fusion,
     masked_mean,
-    without_padding,
 )
 from .pipelines import CUSTOM_PIPELINES
 
@@ -856,11 +858,24 @@ class VTFusionForSequenceClassification(VTFusionPreTrainedModel):
         )
 
 
-class VTFusionTextDecoder(nn.Module):
-    """Causal text decoder whose every layer cross-attends to a memory (image tokens or fused image-text tokens)."""
+class VTFusionTextDecoder(PreTrainedModel):
+    """Causal text decoder whose every layer cross-attends to a memory (image tokens or fused image-text tokens).
+
+    A `PreTrainedModel` of its own, as `BartDecoder` is, so that the library records what it returns on request
+    (`output_hidden_states`: the input of every layer and the final states; `output_attentions`: every layer's self-
+    and memory attention maps) with hooks, instead of the forward collecting them."""
+
+    config_class = VTFusionConfig
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _can_record_outputs = {
+        "hidden_states": VTFusionLayer,
+        "attentions": OutputRecorder(VTFusionAttention, index=1, layer_name="self_attn"),
+        "cross_attentions": OutputRecorder(VTFusionAttention, index=1, layer_name="cross_attn"),
+    }
 
     def __init__(self, config: VTFusionConfig):
-        super().__init__()
+        super().__init__(config)
         size = config.decoder_hidden_size
         self.embed_tokens = nn.Embedding(config.vocab_size, size, padding_idx=config.pad_token_id)
         self.embed_positions = nn.Embedding(config.max_decoder_position_embeddings, size)
@@ -879,7 +894,9 @@ class VTFusionTextDecoder(nn.Module):
             ]
         )
         self.norm = nn.LayerNorm(size, eps=config.layer_norm_eps)
+        self.post_init()
 
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -888,10 +905,10 @@ class VTFusionTextDecoder(nn.Module):
         attention_mask: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
         output_attentions: bool = False,
-        output_hidden_states: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPastAndCrossAttentions:
-        """ids [B, T] (the tokens after the cached ones) -> hidden states [B, T, H]; on request the input of every
-        layer and the final states (`hidden_states`), and each layer's self- and memory attention maps."""
+        """ids [B, T] (the tokens after the cached ones) -> hidden states [B, T, H]. `output_attentions` also picks
+        the attention that returns its weights; `output_hidden_states` is read by the recording alone."""
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         length = past + input_ids.shape[1]
         if length > self.embed_positions.num_embeddings:
@@ -901,35 +918,16 @@ class VTFusionTextDecoder(nn.Module):
             )
         positions = torch.arange(past, length, device=input_ids.device)
         hidden = self.embed_tokens(input_ids) + self.embed_positions(positions)
-        self_mask = causal_padding_mask(attention_mask, input_ids.shape[1], length, hidden)
+        self_cache = past_key_values
+        if isinstance(self_cache, EncoderDecoderCache):
+            self_cache = self_cache.self_attention_cache
+        # causal, offset by the cached tokens, hiding padding; None where the kernel's `is_causal` does it. Positional:
+        # transformers 5.24 renamed the cache argument.
+        self_mask = create_causal_mask(self.config, hidden, attention_mask, self_cache)
         memory_keys = additive_mask(memory_mask, hidden.dtype)
-        states, self_maps, cross_maps = (), (), ()
         for layer in self.layers:
-            states += (hidden,)
-            hidden, self_map, cross_map = layer(
-                hidden, self_mask, memory, memory_keys, past_key_values, output_attentions
-            )
-            self_maps, cross_maps = self_maps + (self_map,), cross_maps + (cross_map,)
-        hidden = self.norm(hidden)
-        return BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=hidden,
-            hidden_states=states + (hidden,) if output_hidden_states else None,
-            attentions=self_maps if output_attentions else None,
-            cross_attentions=cross_maps if output_attentions else None,
-        )
-
-
-def causal_padding_mask(attention_mask: torch.Tensor | None, query_length: int, key_length: int, like: torch.Tensor):
-    """None (pure causal: the attention kernel's `is_causal`) when the queries are all the keys, or one new token,
-    and no key is padding. Otherwise an explicit [B or 1, 1, q, k] additive mask, causal with the queries as the last
-    q of the k keys (several new tokens after a cache, as assisted decoding verifies a draft), hiding padded keys."""
-    if without_padding(attention_mask) and query_length in (1, key_length):
-        return None
-    visible = torch.ones(query_length, key_length, dtype=torch.bool, device=like.device)
-    visible = visible.tril(key_length - query_length)[None, None]
-    if attention_mask is not None:
-        visible = visible & attention_mask[:, None, None, -key_length:].bool()
-    return (~visible).to(like.dtype) * torch.finfo(like.dtype).min
+            hidden, _, _ = layer(hidden, self_mask, memory, memory_keys, past_key_values, output_attentions)
+        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=self.norm(hidden))
 
 
 def caption_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
@@ -1090,8 +1088,9 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
             encoder_outputs.attention_mask,
             decoder_attention_mask,
             past_key_values if use_cache else None,
-            output_attentions,
-            output_hidden_states,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,  # whatever `config.return_dict` says: this head reads the fields
         )
         kept = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep  # 0: every position
         logits = self.lm_head(decoded.last_hidden_state[:, kept])
@@ -1209,7 +1208,8 @@ class VTFusionForPreTraining(ImageTextMatchingMixin, MaskedLanguageModelingMixin
         if labels is None:
             labels = caption_labels(input_ids, attention_mask)
         decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
-        hidden = self.text_decoder(decoder_input_ids, model.image_to_fusion(image_tokens)).last_hidden_state
+        memory = model.image_to_fusion(image_tokens)
+        hidden = self.text_decoder(decoder_input_ids, memory, return_dict=True).last_hidden_state
         lm_logits = self.lm_head(hidden)
         lm_loss = caption_loss(lm_logits, labels)
         config = self.config

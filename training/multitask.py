@@ -150,7 +150,7 @@ class VTFusionForMultitask(ImageTextMatchingMixin, MaskedLanguageModelingMixin, 
     def _decoder_loss(self, memory, memory_mask, labels) -> torch.Tensor:
         """Next-token cross-entropy of the decoder reading `memory` [N, M, H], as VTFusionForConditionalGeneration."""
         decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
-        hidden = self.text_decoder(decoder_input_ids, memory, memory_mask).last_hidden_state
+        hidden = self.text_decoder(decoder_input_ids, memory, memory_mask, return_dict=True).last_hidden_state
         logits = self.lm_head(hidden)
         return caption_loss(logits, labels)
 
