@@ -1015,7 +1015,10 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
         image_memory = model.image_to_fusion(image_tokens)  # [B, Ni, H]
         recorded = {"hidden_states": vision.hidden_states, "attentions": getattr(vision, "attentions", None)}
         asks = None if input_ids is None else has_words(input_ids, attention_mask, self.config)  # [B]
-        if asks is None or not asks.any():
+        # Reading `asks` on the host picks the smaller memory for a batch of one kind; under `torch.compile` (no graph
+        # break) a batch with texts always takes the mixed memory at the end, which decodes every row the same.
+        compiling = torch.compiler.is_compiling()
+        if asks is None or (not compiling and not asks.any()):
             return VTFusionEncoderOutput(last_hidden_state=image_memory, **recorded)
         check_paired(pixel_values, input_ids)
         text_tokens, _, _ = model.encode_text(input_ids, attention_mask, token_type_ids)
@@ -1024,7 +1027,7 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
             "hidden_states": joined(recorded["hidden_states"], fused.hidden_states),
             "attentions": joined(recorded["attentions"], fused.cross_attentions),
         }
-        if asks.all():
+        if not compiling and asks.all():
             return VTFusionEncoderOutput(
                 last_hidden_state=fused.last_hidden_state, attention_mask=fused.attention_mask, **recorded
             )
@@ -1154,10 +1157,12 @@ class MaskedLanguageModelingMixin:
         text_tokens, _, _ = model.encode_text(mlm_input_ids, attention_mask)
         fused = model.fuse(image_tokens, text_tokens, attention_mask).last_hidden_state[:, : mlm_input_ids.shape[1]]
         masked = mlm_labels != -100  # [B, T]
-        if not masked.any():  # nothing masked (very short texts): a zero that keeps every weight in the graph
-            return 0.0 * self.mlm_head(fused[:, 0]).sum()
-        logits = self.mlm_head(fused[masked])  # [num_masked, vocab]
-        return ForMaskedLMLoss(logits, mlm_labels[masked], self.config.vocab_size)
+        if torch.compiler.is_compiling():  # static shapes: every position through the head, the unmasked ignored
+            logits, labels = self.mlm_head(fused), mlm_labels
+        else:  # only the masked positions: a sixth of the vocabulary projections
+            logits, labels = self.mlm_head(fused[masked]), mlm_labels[masked]
+        # mean over the masked words; 0, with every weight still in the graph, when none is (very short texts)
+        return ForMaskedLMLoss(logits, labels, self.config.vocab_size, num_items_in_batch=masked.sum().clamp(min=1))
 
 
 class VTFusionForPreTraining(ImageTextMatchingMixin, MaskedLanguageModelingMixin, VTFusionPreTrainedModel):

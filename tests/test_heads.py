@@ -452,6 +452,14 @@ def test_pretraining_adds_mlm_when_masked_captions_are_given():
     torch.testing.assert_close(with_mlm.loss, plain.loss + 0.5 * with_mlm.mlm_loss)
 
 
+def test_mlm_with_no_masked_word_is_zero_and_keeps_the_mlm_head_in_the_graph():
+    model, batch = build(VTFusionForPreTraining).train(), random_batch()
+    out = model(**batch, mlm_input_ids=batch["input_ids"], mlm_labels=torch.full_like(batch["input_ids"], -100))
+    out.loss.backward()
+    assert out.mlm_loss.item() == 0.0
+    assert model.mlm_head.weight.grad is not None  # DDP needs every parameter in the graph
+
+
 def test_mlm_trains_the_fusion_layers_and_overfits_masked_words():
     model = build(VTFusionForPreTraining, itc_loss_weight=0.0, itm_loss_weight=0.0, lm_loss_weight=0.0).train()
     batch = random_batch(batch_size=4)

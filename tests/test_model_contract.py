@@ -232,6 +232,22 @@ def test_generate_returns_decoder_and_encoder_hidden_states_and_attentions(fusio
     assert out.encoder_hidden_states is not None and out.encoder_attentions is not None
 
 
+def test_decoder_records_each_layers_input_and_its_causal_self_and_memory_attention():
+    model, batch = build(VTFusionForConditionalGeneration, decoder_num_hidden_layers=2).eval(), random_batch()
+    with torch.no_grad():
+        out = model(
+            **batch, decoder_input_ids=batch["input_ids"][:, :5], output_hidden_states=True, output_attentions=True
+        )
+        final_states_logits = model.lm_head(out.decoder_hidden_states[-1])
+    assert len(out.decoder_hidden_states) == 3 and len(out.decoder_attentions) == len(out.cross_attentions) == 2
+    torch.testing.assert_close(final_states_logits, out.logits)  # the last entry: the normed output
+    for self_map, memory_map in zip(out.decoder_attentions, out.cross_attentions):
+        assert self_map.shape[-2:] == (5, 5) and memory_map.shape[-2] == 5
+        assert torch.all(self_map.triu(1) == 0)  # no token sees a later one
+        torch.testing.assert_close(self_map.sum(-1), torch.ones_like(self_map.sum(-1)))
+        torch.testing.assert_close(memory_map.sum(-1), torch.ones_like(memory_map.sum(-1)))
+
+
 @pytest.mark.parametrize("task", ["captioning", "vqa"])
 def test_assisted_decoding_gives_the_tokens_of_greedy_search(task):
     model = build(VTFusionForConditionalGeneration).eval()
@@ -288,14 +304,19 @@ def test_the_caption_loss_divides_by_num_items_in_batch_as_trainer_passes_it():
     assert torch.allclose(over_twice_the_tokens, mean / 2)
 
 
-# Still branching on the data: the generation head (does the batch hold questions?) and MLM (gathers only the masked
-# positions, a sixth of the vocabulary projections of all of them).
-@pytest.mark.parametrize("head", HEADS[:3] + HEADS[4:], ids=HEAD_IDS[:3] + HEAD_IDS[4:])
+@pytest.mark.parametrize("head", HEADS, ids=HEAD_IDS)
 def test_a_training_forward_compiles_without_graph_breaks(head):
     model = build(head).train()
-    inputs = {k: v for k, v in head_inputs(head).items() if not k.startswith("mlm_")}  # the last row is padded
-    explanation = torch._dynamo.explain(model)(**inputs)
+    explanation = torch._dynamo.explain(model)(**head_inputs(head))  # the last row is padded; VQA questions; MLM
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_the_mlm_loss_is_the_same_compiled():
+    model, inputs = build(VTFusionForPreTraining).eval(), head_inputs(VTFusionForPreTraining)
+    with torch.no_grad():
+        eager = model(**inputs).mlm_loss
+        compiled = torch.compile(model, backend="eager")(**inputs).mlm_loss
+    torch.testing.assert_close(compiled, eager)
 
 
 # -- arguments -----------------------------------------------------------------------------------------------------
