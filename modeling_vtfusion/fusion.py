@@ -4,6 +4,10 @@ Every strategy takes image tokens [B, Ni, H] and text tokens [B, Nt, H] (already
 their key-padding masks, and returns a `FusionOutput`: fused tokens (what a decoder or a token-level head reads),
 their mask, one pooled vector per pair (what the ITM / classification heads read) and, on request, the
 text-to-image attention maps [B, heads, Nt, Ni] of every layer.
+
+What a strategy records is its own, not one module's output (co-attention's states join its two streams, concat's
+maps are the text-to-image block of its joint attention), so each strategy collects it; the caption decoder, whose
+recorded states are plain layer outputs, leaves that to the library's output recording (`_can_record_outputs`).
 """
 
 from collections.abc import Callable

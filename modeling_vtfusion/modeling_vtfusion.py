@@ -256,7 +256,9 @@ class VTFusionPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["VTFusionLayer"]
     supports_gradient_checkpointing = True
     _supports_sdpa = True
-    _supports_flash_attn = False  # masks are 4-D additive ones, not the library's `masking_utils` (which flash needs)
+    # The decoder's masks come from `masking_utils`, but the fusion layers' are 4-D additive key masks over two
+    # modalities (and ITM shares one image's keys among pairs), which flash attention's varlen path cannot take.
+    _supports_flash_attn = False
     _supports_attention_backend = True
     # What a head reads of the fusion module, if not everything (see `VTFusionModel.parameters_outside`).
     _reads_fused: str | None = None
