@@ -145,6 +145,13 @@ class DataArguments:
     shuffle_buffer_size: int = field(default=10_000, metadata={"help": "Shuffle buffer when streaming."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training split."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation split."})
+    image_augmentation: bool = field(
+        default=False,
+        metadata={
+            "help": "Augment training images (random resized crop, flip with left/right swapped in the texts, colour "
+            "jitter without hue; training/augmentation.py). Evaluation never augments."
+        },
+    )
     max_length: int = field(default=64, metadata={"help": "Longest text in tokens (longer ones are truncated)."})
     max_target_length: int = field(default=48, metadata={"help": "Longest generation target in tokens."})
 

@@ -20,6 +20,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, IterableDataset, Iterable
 from transformers import DataCollatorForLanguageModeling
 
 from training.args import DataArguments, default_synthshapes_dir
+from training.augmentation import ImageTextAugmentation, output_size
 from training.synthshapes import INFO_FILE, load_synthshapes, write_imagefolder
 from training.tasks import TASKS
 
@@ -180,13 +181,29 @@ def pick(value, rng: random.Random):
     return value if isinstance(value, str) else value[rng.randrange(len(value))]
 
 
-def build_transform(task: str, processor, data_args: DataArguments, seed: int = 0) -> Callable[[dict], dict]:
-    """A batched function from raw rows to model inputs, for `Dataset.with_transform` / `IterableDataset.map`."""
+def text_columns(data_args: DataArguments) -> list[str]:
+    """Every column a training row's texts can come from (captions, statements, questions, answers)."""
+    names = [data_args.text_column, data_args.answer_column, data_args.question_column, data_args.statement_column]
+    names += list(train_statement_columns(data_args)[:1])
+    return list(dict.fromkeys(name for name in names if name))
+
+
+def build_transform(
+    task: str, processor, data_args: DataArguments, seed: int = 0, augment: bool = False
+) -> Callable[[dict], dict]:
+    """A batched function from raw rows to model inputs, for `Dataset.with_transform` / `IterableDataset.map`;
+    with `augment`, the images are augmented first (`ImageTextAugmentation`: training only)."""
     spec, rng = TASKS[task], random.Random(seed)
     max_length, max_target = data_args.max_length, data_args.max_target_length
     image_column, text_column = data_args.image_column, data_args.text_column
+    augmentation = None
+    if augment:
+        size = output_size(processor.image_processor)
+        augmentation = ImageTextAugmentation(image_column, text_columns(data_args), size, seed=seed)
 
     def transform(batch: dict) -> dict:
+        if augmentation is not None:
+            batch = augmentation(batch)
         out = {"pixel_values": encode_images(processor, batch[image_column])}
         if spec.questions:
             pairs = [

@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     train_dataset = eval_dataset = None
     if training_args.do_train:
-        transform = build_transform(task, processor, data_args, seed=training_args.seed)
+        transform = build_transform(task, processor, data_args, training_args.seed, data_args.image_augmentation)
         train_dataset = prepare_dataset(
             limit(train_split, data_args.max_train_samples), transform, training_args.seed, data_args
         )
