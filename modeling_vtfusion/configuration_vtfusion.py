@@ -71,6 +71,8 @@ class VTFusionConfig(PreTrainedConfig):
         mlm_loss_weight (`float`): weight of masked language modelling through the fusion module (ALBEF / ViLT),
             computed when a pre-training batch carries `mlm_input_ids` and `mlm_labels`.
         label_smoothing (`float`): label smoothing of the contrastive (ITC) loss.
+        class_weights (`list[float]`, *optional*): one weight per label in the single-label classification loss
+            (imbalanced classes; `training.train --class_weighting` computes them from the training labels).
         freeze_vision_encoder, freeze_text_encoder (`bool`): keep the encoder weights fixed during training.
     """
 
@@ -113,6 +115,7 @@ class VTFusionConfig(PreTrainedConfig):
     lm_loss_weight: float = 1.0
     mlm_loss_weight: float = 1.0
     label_smoothing: float = 0.0
+    class_weights: list[float] | None = None
     freeze_vision_encoder: bool = False
     freeze_text_encoder: bool = False
     pad_token_id: int | None = None
@@ -165,6 +168,13 @@ class VTFusionConfig(PreTrainedConfig):
         for name in ("modality_dropout", "hidden_dropout_prob", "attention_dropout", "label_smoothing"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
+        if self.class_weights is not None and (
+            len(self.class_weights) != self.num_labels or min(self.class_weights) <= 0
+        ):
+            raise ValueError(
+                f"class_weights needs one positive weight per label ({self.num_labels} labels), got "
+                f"{self.class_weights}; set num_labels (or id2label) with it."
+            )
         if self.num_fusion_layers < 1 and FUSION_STRATEGIES[self.fusion_type].token_interaction:
             raise ValueError(f"fusion_type={self.fusion_type!r} needs num_fusion_layers >= 1.")
 

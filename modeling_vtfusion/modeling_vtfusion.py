@@ -854,7 +854,7 @@ class VTFusionForSequenceClassification(VTFusionPreTrainedModel):
             image_tokens, text_tokens, attention_mask, bool(output_attentions), bool(output_hidden_states)
         )
         logits = self.classifier(self.dropout(fused.pooler_output))
-        loss = ForSequenceClassificationLoss(labels, logits, self.config) if labels is not None else None
+        loss = classification_loss(logits, labels, self.config) if labels is not None else None
         return SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=fused.hidden_states, attentions=fused.cross_attentions
         )
@@ -930,6 +930,15 @@ class VTFusionTextDecoder(PreTrainedModel):
         for layer in self.layers:
             hidden, _, _ = layer(hidden, self_mask, memory, memory_keys, past_key_values, output_attentions)
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=self.norm(hidden))
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:
+    """`ForSequenceClassificationLoss` (the problem type as transformers' text heads infer it), with each class of a
+    single-label problem weighted by `config.class_weights` when set (imbalanced classes)."""
+    if config.class_weights is None or labels.is_floating_point():
+        return ForSequenceClassificationLoss(labels, logits, config)
+    weight = torch.tensor(config.class_weights, dtype=logits.dtype, device=logits.device)
+    return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1), weight=weight)
 
 
 def caption_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
@@ -1347,4 +1356,5 @@ __all__ = [
     "VTFusionForConditionalGeneration",
     "VTFusionForPreTraining",
     "contrastive_loss",
+    "classification_loss",
 ]

@@ -40,6 +40,14 @@ def test_classification_macro_f1_counts_given_labels_never_seen_as_zero(metrics)
     assert result["macro_f1"] == pytest.approx((1 / 2 + 2 / 3 + 4 / 5) / 4)
 
 
+def test_classification_recall_is_per_class_in_label_order(metrics):
+    # class 0: 1 of 2 found, class 1: 1 of 2, class 2: 2 of 2, class 3: never referenced
+    result = metrics["classification"].compute(
+        predictions=[0, 0, 1, 2, 2, 2], references=[0, 1, 1, 2, 2, 0], labels=[0, 1, 2, 3]
+    )
+    assert result["recall"] == pytest.approx([1 / 2, 1 / 2, 1.0, 0.0])
+
+
 # retrieval_recall
 
 # rows: texts, columns: images; text i describes image i.

@@ -284,6 +284,25 @@ def test_multitask_reports_every_test_metric(multitask_run):
     assert metrics["test_cider"] >= 0.0
 
 
+def test_class_weighting_and_balanced_sampling_train_and_report_each_class(synthshapes, tmp_path):
+    flags = [
+        "--class_weighting=inverse_frequency",
+        "--balanced_sampling",
+        "--do_train",
+        "--do_predict",
+        "--max_steps=2",
+    ]
+    metrics = train.main(run_args(synthshapes, tmp_path, "classification", *flags))
+    weights = json.loads((tmp_path / "config.json").read_text())["class_weights"]
+    assert len(weights) == 2 and sum(weights) == pytest.approx(2.0)
+    assert {"test_classification_recall_0", "test_classification_recall_1"} <= metrics.keys()
+
+
+def test_class_weighting_outside_classification_names_the_task(synthshapes, tmp_path):
+    with pytest.raises(ValueError, match="use them with --task classification"):
+        train.main(run_args(synthshapes, tmp_path, "retrieval", "--do_train", "--balanced_sampling"))
+
+
 def test_local_folder_with_a_corrupt_image_trains(synthshapes, tmp_path):
     folder = tmp_path / "my_data"
     shutil.copytree(synthshapes, folder)

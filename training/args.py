@@ -145,6 +145,19 @@ class DataArguments:
     shuffle_buffer_size: int = field(default=10_000, metadata={"help": "Shuffle buffer when streaming."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training split."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the evaluation split."})
+    class_weighting: str = field(
+        default="none",
+        metadata={
+            "help": "Classification: weigh the loss of each class by its training frequency: none, inverse_frequency "
+            "or effective_number (training/balance.py); saved in the checkpoint's config (class_weights)."
+        },
+    )
+    balanced_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "Classification: draw training rows so that every class is equally likely (with replacement)."
+        },
+    )
     image_augmentation: bool = field(
         default=False,
         metadata={

@@ -3,7 +3,8 @@
 - retrieval: Recall@1/5/10 both ways over a gallery of the first `gallery_size` images and their texts, from ITC
   embeddings computed in batches; `*_canonical` also counts a scene with the same canonical description as a hit;
 - vqa: VQA accuracy of generated answers (overall and per question type);
-- classification: accuracy, macro F1 and the accuracy on a subset (SynthShapes: relational statements);
+- classification: accuracy, macro F1, each class's recall and the accuracy on a subset (SynthShapes: relational
+  statements);
 - captioning: BLEU-4, ROUGE-L and CIDEr-D of generated captions against every reference paraphrase.
 
 Every function takes a model, a `VTFusionProcessor` and a `datasets` split (map-style or streamed), and returns a
@@ -176,7 +177,8 @@ def evaluate_classification(
     max_rows: int | None = None,
     batch_size: int = 256,
 ) -> dict[str, float]:
-    """Accuracy and macro F1; with `subset_column` (a boolean column) also the accuracy on its true rows."""
+    """Accuracy, macro F1 and the recall of each class (`classification_recall_<label name>`); with `subset_column` (a
+    boolean column) also the accuracy on its true rows."""
     model.eval()
     predictions, labels, in_subset = [], [], []
     columns = [image_column, text_column, label_column] + ([subset_column] if subset_column else [])
@@ -189,6 +191,8 @@ def evaluate_classification(
         predictions=predictions, references=labels, labels=list(range(model.config.num_labels))
     )
     results = {"classification_accuracy": scores["accuracy"], "classification_macro_f1": scores["macro_f1"]}
+    names = model.config.id2label
+    results |= {f"classification_recall_{names[i]}": recall for i, recall in enumerate(scores["recall"])}
     if subset_column:
         hits = [p == y for p, y, chosen in zip(predictions, labels, in_subset) if chosen]
         results[f"classification_{subset_column}_accuracy"] = sum(hits) / max(1, len(hits))

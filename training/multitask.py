@@ -13,7 +13,6 @@ image once and spends it on every objective:
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import ModelOutput
@@ -25,6 +24,7 @@ from modeling_vtfusion.modeling_vtfusion import (
     VTFusionTextDecoder,
     caption_labels,
     caption_loss,
+    classification_loss,
     shift_tokens_right,
 )
 
@@ -124,7 +124,7 @@ class VTFusionForMultitask(ImageTextMatchingMixin, MaskedLanguageModelingMixin, 
         statement_tokens, _, _ = model.encode_text(statement_input_ids, statement_attention_mask)
         fused = model.fuse(image_tokens, statement_tokens, statement_attention_mask, image_index=statement_image_index)
         entailment_logits = self.classifier(self.dropout(fused.pooler_output))  # [S, num_labels]
-        entailment_loss = F.cross_entropy(entailment_logits.float(), entailment_labels)
+        entailment_loss = classification_loss(entailment_logits.float(), entailment_labels, self.config)
 
         loss = (
             config.itc_loss_weight * itc_loss

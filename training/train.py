@@ -58,6 +58,7 @@ from modeling_vtfusion import (
 )
 from training import evaluation, model_card
 from training.args import DataArguments, EvaluationArguments, ModelArguments
+from training.balance import balanced_sampler, class_weights
 from training.data import (
     VTFusionCollator,
     build_transform,
@@ -84,11 +85,16 @@ DEFAULT_FUSION_TYPE = "cross_attention"
 
 
 class VTFusionTrainer(Trainer):
-    """`Trainer` that also logs every `*_loss` the model returns (ITC, ITM, LM, ...), averaged since the last log."""
+    """`Trainer` that also logs every `*_loss` the model returns (ITC, ITM, LM, ...), averaged since the last log, and
+    draws training rows with `train_sampler` when one is given (`--balanced_sampling`)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, train_sampler: torch.utils.data.Sampler | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._component_losses = defaultdict(list)
+        self.train_sampler = train_sampler
+
+    def _get_train_sampler(self, train_dataset=None):
+        return self.train_sampler or super()._get_train_sampler(train_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
@@ -134,6 +140,15 @@ def check_args(model_args: ModelArguments, data_args: DataArguments, training_ar
         raise ValueError("Pass both --vision_model_name_or_path and --text_model_name_or_path, or neither.")
     if model_args.resnet_stages < 1:
         raise ValueError(f"--resnet_stages {model_args.resnet_stages}: a ResNet needs at least 1 stage.")
+    balancing = data_args.class_weighting != "none" or data_args.balanced_sampling
+    if balancing and not TASKS[model_args.task].class_labels:
+        raise ValueError(
+            "--class_weighting and --balanced_sampling weigh classes: use them with --task classification."
+        )
+    if balancing and data_args.streaming:
+        raise ValueError(
+            "--class_weighting and --balanced_sampling count the training labels first: not with --streaming."
+        )
     if data_args.streaming and training_args.do_train and training_args.max_steps <= 0:
         raise ValueError("A streamed data set has no length: pass --max_steps with --streaming.")
 
@@ -406,6 +421,18 @@ def evaluate_on_test(task, model_dir, processor, test_split, data_args, eval_arg
     return results
 
 
+def balance_classes(model, train_rows, data_args: DataArguments, seed: int):
+    """`--class_weighting`: the loss's class weights, set in the model's config (saved with the checkpoint).
+    `--balanced_sampling`: the sampler that draws every class equally often (returned; None without the flag)."""
+    if data_args.class_weighting == "none" and not data_args.balanced_sampling:
+        return None
+    labels = list(train_rows[data_args.label_column])  # the label column alone: no image is decoded
+    if data_args.class_weighting != "none":
+        model.config.class_weights = class_weights(labels, model.config.num_labels, data_args.class_weighting)
+        logger.info(f"class_weights ({data_args.class_weighting}): {model.config.class_weights}")
+    return balanced_sampler(labels, seed) if data_args.balanced_sampling else None
+
+
 def build_collator(task: str, processor, data_args: DataArguments, seed: int) -> VTFusionCollator:
     """Padding, plus the MLM masking of captions for the tasks that pre-train the fusion module with it."""
     tokenizer = processor.tokenizer
@@ -441,12 +468,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model.skip_itm = not model_args.multitask_itm
     logger.info(f"{type(model).__name__} ({model.config.fusion_type}): {model.num_parameters() / 1e6:.2f}M parameters")
 
-    train_dataset = eval_dataset = None
+    train_dataset = eval_dataset = train_sampler = None
     if training_args.do_train:
         transform = build_transform(task, processor, data_args, training_args.seed, data_args.image_augmentation)
-        train_dataset = prepare_dataset(
-            limit(train_split, data_args.max_train_samples), transform, training_args.seed, data_args
-        )
+        train_rows = limit(train_split, data_args.max_train_samples)
+        train_sampler = balance_classes(model, train_rows, data_args, training_args.seed)
+        train_dataset = prepare_dataset(train_rows, transform, training_args.seed, data_args)
     if training_args.do_eval:
         eval_split, _ = readable_split(raw_datasets, data_args.eval_split, data_args)
         transform = build_transform(task, processor, data_args, seed=training_args.seed + 1)
@@ -459,6 +486,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         eval_dataset=eval_dataset,
         data_collator=build_collator(task, processor, data_args, training_args.seed),
         processing_class=processor,
+        train_sampler=train_sampler,
     )
     metrics = {}
     if training_args.do_train:

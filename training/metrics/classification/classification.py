@@ -1,4 +1,4 @@
-"""Accuracy and macro-averaged F1 of single-label predictions, with numpy only."""
+"""Accuracy, macro-averaged F1 and per-class recall of single-label predictions, with numpy only."""
 
 import datasets
 import evaluate
@@ -21,10 +21,11 @@ Args:
 Returns:
     `accuracy` (`float`): in [0, 1].
     `macro_f1` (`float`): in [0, 1].
+    `recall` (`list[float]`): TP / (TP + FN) of each class of `labels`, in that order (0 for a class never referenced).
 Examples:
     >>> metric = load_metric("classification")
     >>> metric.compute(predictions=[0, 1, 1, 2], references=[0, 1, 0, 2])
-    {'accuracy': 0.75, 'macro_f1': 0.777...}
+    {'accuracy': 0.75, 'macro_f1': 0.777..., 'recall': [0.5, 1.0, 1.0]}
 """
 
 
@@ -48,4 +49,9 @@ class Classification(evaluate.Metric):
         actual = np.array([np.sum(references == c) for c in labels])
         denominator = predicted + actual  # = 2 TP + FP + FN
         f1 = np.divide(2 * true_positives, denominator, out=np.zeros(len(labels)), where=denominator > 0)
-        return {"accuracy": float(np.mean(predictions == references)), "macro_f1": float(np.mean(f1))}
+        recall = np.divide(true_positives, actual, out=np.zeros(len(labels)), where=actual > 0)
+        return {
+            "accuracy": float(np.mean(predictions == references)),
+            "macro_f1": float(np.mean(f1)),
+            "recall": [float(value) for value in recall],
+        }
