@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 OUT ?= outputs/vtfusion-synthshapes
 
-.PHONY: setup test compat lint format demo bench study
+.PHONY: setup test compat lint format demo bench study data-study
 
 setup: $(VENV)/.installed
 
@@ -40,3 +40,7 @@ bench: setup
 
 study: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m training.fusion_study $(STUDY_ARGS)
+
+# Class imbalance and low-data remedies over 3 seeds (SynthShapes runs fine-tune the pre-trained base `make demo` leaves).
+data-study: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m training.data_study $(STUDY_ARGS)

@@ -172,12 +172,27 @@ CACHE_NAME = "cache" if "cache" in Seq2SeqLMOutput.__dataclass_fields__ else "pa
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def contrastive_loss(logits_per_text: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Symmetric InfoNCE over a [N, N] similarity matrix whose diagonal holds the positive pairs."""
+def contrastive_loss(
+    logits_per_text: torch.Tensor, label_smoothing: float = 0.0, image_present: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Symmetric InfoNCE over a [N, N] similarity matrix whose diagonal holds the positive pairs.
+
+    `image_present` ([N] bool): where False, row i is a text without an image (its pixels a blank stand-in). That
+    text has no positive image and the blank image no positive text, so neither is a query; the text still serves as
+    a negative for every real image.
+    """
     targets = torch.arange(logits_per_text.shape[0], device=logits_per_text.device)
-    text_loss = F.cross_entropy(logits_per_text, targets, label_smoothing=label_smoothing)
-    image_loss = F.cross_entropy(logits_per_text.t(), targets, label_smoothing=label_smoothing)
+    if image_present is not None:
+        targets = targets.masked_fill(~image_present, -100)
+    text_loss = mean_cross_entropy(logits_per_text, targets, label_smoothing)
+    image_loss = mean_cross_entropy(logits_per_text.t(), targets, label_smoothing)
     return (text_loss + image_loss) / 2
+
+
+def mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy averaged over the targets that are not -100; 0 (still in the graph) when every one is."""
+    total = F.cross_entropy(logits, targets, label_smoothing=label_smoothing, reduction="sum")
+    return total / (targets != -100).sum().clamp(min=1)
 
 
 def without_tanh_pooler(config: PreTrainedConfig) -> dict:
@@ -620,20 +635,30 @@ class ImageTextMatchingMixin:
     """ITC + ITM with hard negatives, for heads that hold `self.vtfusion` and `self.itm_head`."""
 
     def _itc_and_itm(
-        self, image_tokens, image_pooled, text_tokens, text_pooled, input_ids, attention_mask, with_itm=None
+        self,
+        image_tokens,
+        image_pooled,
+        text_tokens,
+        text_pooled,
+        input_ids,
+        attention_mask,
+        with_itm=None,
+        image_present=None,
     ):
         """Losses for B paired inputs; under several processes, over the global batch gathered with gradients.
 
         Returns (itc_loss, itm_loss, logits_per_text [B, B_global], itm_logits of the B positive pairs [B, 2]); with
         `with_itm=False` (default: whether `itm_loss_weight` is non-zero) ITM is skipped: itm_loss 0, itm_logits None,
-        a third of a pre-training step saved.
+        a third of a pre-training step saved. `image_present` ([B] bool, optional): False for texts without an image,
+        which are negatives only (`contrastive_loss`; in ITM their pairs are ignored, their blank image never drawn).
         """
         model = self.vtfusion
         image_embeds = F.normalize(model.visual_projection(image_pooled), dim=-1)
         text_embeds = F.normalize(model.text_projection(text_pooled), dim=-1)
         all_image_embeds, all_text_embeds = gather_with_grad(image_embeds), gather_with_grad(text_embeds)
         all_logits_per_text = model.similarity(all_image_embeds, all_text_embeds)  # [B_global, B_global]
-        itc_loss = contrastive_loss(all_logits_per_text, self.config.label_smoothing)
+        all_present = None if image_present is None else gather_with_grad(image_present.long()).bool()
+        itc_loss = contrastive_loss(all_logits_per_text, self.config.label_smoothing, all_present)
         batch, start = image_tokens.shape[0], dist.get_rank() * image_tokens.shape[0] if world_size() > 1 else 0
         rows = torch.arange(start, start + batch, device=image_tokens.device)
         if not (bool(self.config.itm_loss_weight) if with_itm is None else with_itm):  # no fusion, no negatives
@@ -645,11 +670,12 @@ class ImageTextMatchingMixin:
         all_image_tokens, all_text_tokens = gather_with_grad(image_tokens), gather_with_grad(text_tokens)
         all_text_mask, all_ids = gather_with_grad(attention_mask), gather_with_grad(input_ids)
 
-        with torch.no_grad():  # never draw the positive, nor a text identical to it, as a negative
+        with torch.no_grad():  # never draw the positive, nor a text identical to it, nor a blank image, as a negative
             same_text = ((all_ids[:, None, :] == all_ids[None, :, :]) | (all_text_mask[None, :, :] == 0)).all(-1)
             same_text |= torch.eye(len(all_ids), dtype=torch.bool, device=same_text.device)
+            no_image = same_text if all_present is None else same_text | ~all_present[None, :]
             negative_text_of_image = sample_hard_negatives(all_logits_per_text.t(), same_text, self.training)
-            negative_image_of_text = sample_hard_negatives(all_logits_per_text, same_text, self.training)
+            negative_image_of_text = sample_hard_negatives(all_logits_per_text, no_image, self.training)
         neg_texts, neg_images = negative_text_of_image[rows], negative_image_of_text[rows]
 
         # one fusion call over [positives; image + negative text; negative image + text], each image fused once: on one
@@ -664,10 +690,13 @@ class ImageTextMatchingMixin:
         fused = model.fuse(all_image_tokens[images], pair_texts, pair_masks, image_index=image_index)
         itm_logits = self.itm_head(fused.pooler_output)
         itm_labels = torch.cat([itm_logits.new_ones(batch), itm_logits.new_zeros(2 * batch)]).long()
-        # a pair whose text is repeated by every other pair (a batch of one, say) has no negative: ignore its draws
-        no_negative = same_text[rows].all(-1).repeat(2)
+        # a pair whose text is repeated by every other pair (a batch of one, say) has no negative: ignore its draws;
+        # a text without image has no positive pair, and its blank image no negative text
+        no_negative = torch.cat([same_text[rows].all(-1), no_image[rows].all(-1)])
         itm_labels[batch:] = itm_labels[batch:].masked_fill(no_negative, -100)
-        itm_loss = F.cross_entropy(gather_with_grad(itm_logits), gather_with_grad(itm_labels))
+        if image_present is not None:
+            itm_labels[: 2 * batch] = itm_labels[: 2 * batch].masked_fill(~image_present.repeat(2), -100)
+        itm_loss = mean_cross_entropy(gather_with_grad(itm_logits), gather_with_grad(itm_labels))
         return itc_loss, itm_loss, all_logits_per_text[rows], itm_logits[:batch]
 
 
@@ -696,13 +725,15 @@ class VTFusionForImageTextRetrieval(ImageTextMatchingMixin, VTFusionPreTrainedMo
         token_type_ids: torch.LongTensor | None = None,
         return_loss: bool = True,
         output_attentions: bool | None = None,
+        image_present: torch.BoolTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> VTFusionRetrievalOutput:
         r"""
         B paired images and texts. With `return_loss` (default: on, so `Trainer` evaluates the loss without labels),
         returns ITC + ITM losses, with one hard negative
         text per image and one hard negative image per text drawn from the ITC similarities. `itm_logits` score the
-        given pairs.
+        given pairs. image_present (`[B]` bool, optional): False for a text without an image (any stand-in pixels),
+        which then serves as a negative only.
         """
         check_kwargs(kwargs)
         check_paired(pixel_values, input_ids)
@@ -711,7 +742,7 @@ class VTFusionForImageTextRetrieval(ImageTextMatchingMixin, VTFusionPreTrainedMo
         text_tokens, text_pooled, _ = model.encode_text(input_ids, attention_mask, token_type_ids)
         if return_loss:
             itc_loss, itm_loss, logits_per_text, itm_logits = self._itc_and_itm(
-                image_tokens, image_pooled, text_tokens, text_pooled, input_ids, attention_mask
+                image_tokens, image_pooled, text_tokens, text_pooled, input_ids, attention_mask, None, image_present
             )
             loss = self.config.itc_loss_weight * itc_loss + self.config.itm_loss_weight * itm_loss
             return VTFusionRetrievalOutput(
@@ -1204,6 +1235,7 @@ class VTFusionForPreTraining(ImageTextMatchingMixin, MaskedLanguageModelingMixin
         mlm_input_ids: torch.LongTensor | None = None,
         mlm_labels: torch.LongTensor | None = None,
         return_loss: bool = True,
+        image_present: torch.BoolTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> VTFusionPreTrainingOutput:
         r"""
@@ -1211,7 +1243,9 @@ class VTFusionForPreTraining(ImageTextMatchingMixin, MaskedLanguageModelingMixin
         the caption itself (`input_ids` without its first [CLS] token, padding ignored). mlm_input_ids / mlm_labels
         (`[B, T]`, optional): the captions with some words masked and the masked words (-100 elsewhere), as
         `DataCollatorForLanguageModeling` makes them; they add the MLM loss. The losses are always computed;
-        `return_loss=True` is declared so that `Trainer` evaluates them without a label column.
+        `return_loss=True` is declared so that `Trainer` evaluates them without a label column. image_present (`[B]`
+        bool, optional): False for a caption without an image, whose pixels are a blank stand-in: it is a negative in
+        ITC / ITM, and its LM and MLM losses read the blank image, a constant, so they train the text side alone.
         """
         check_kwargs(kwargs)
         check_paired(pixel_values, input_ids)
@@ -1219,7 +1253,7 @@ class VTFusionForPreTraining(ImageTextMatchingMixin, MaskedLanguageModelingMixin
         image_tokens, image_pooled, _ = model.encode_image(pixel_values)
         text_tokens, text_pooled, _ = model.encode_text(input_ids, attention_mask, token_type_ids)
         itc_loss, itm_loss, logits_per_text, itm_logits = self._itc_and_itm(
-            image_tokens, image_pooled, text_tokens, text_pooled, input_ids, attention_mask
+            image_tokens, image_pooled, text_tokens, text_pooled, input_ids, attention_mask, None, image_present
         )
         if labels is None:
             labels = caption_labels(input_ids, attention_mask)

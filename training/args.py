@@ -165,6 +165,10 @@ class DataArguments:
             "jitter without hue; training/augmentation.py). Evaluation never augments."
         },
     )
+    augmentation_flip_probability: float = field(
+        default=0.5,
+        metadata={"help": "--image_augmentation: chance of a flip; 0 for images whose mirror means something else."},
+    )
     max_length: int = field(default=64, metadata={"help": "Longest text in tokens (longer ones are truncated)."})
     max_target_length: int = field(default=48, metadata={"help": "Longest generation target in tokens."})
 

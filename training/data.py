@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, IterableDataset, IterableDatasetDict, load_dataset
+from PIL import Image
 from transformers import DataCollatorForLanguageModeling
 
 from training.args import DataArguments, default_synthshapes_dir
@@ -199,12 +200,23 @@ def build_transform(
     augmentation = None
     if augment:
         size = output_size(processor.image_processor)
-        augmentation = ImageTextAugmentation(image_column, text_columns(data_args), size, seed=seed)
+        augmentation = ImageTextAugmentation(
+            image_column, text_columns(data_args), size, seed, flip_probability=data_args.augmentation_flip_probability
+        )
+
+    blank = Image.new("RGB", output_size(processor.image_processor)[::-1])  # the stand-in of a missing image
 
     def transform(batch: dict) -> dict:
+        present = [image is not None for image in batch[image_column]]
+        if spec.texts_alone:  # rows with a text and no image (the others were dropped by `drop_unpaired_rows`)
+            batch = batch | {
+                image_column: [image if kept else blank for image, kept in zip(batch[image_column], present)]
+            }
         if augmentation is not None:
             batch = augmentation(batch)
         out = {"pixel_values": encode_images(processor, batch[image_column])}
+        if spec.texts_alone:
+            out["image_present"] = present
         if spec.questions:
             pairs = [
                 rng.choice(question_answer_pairs(q, a))

@@ -27,6 +27,7 @@ class Task:
     loss_without_labels: bool = False  # batches carry `return_loss=True` (the head's loss needs no label column)
     class_labels: bool = False  # the label column's names become the config's `id2label`
     may_idle_parameters: bool = False  # steps can leave parameters without gradient: DDP must search for them
+    texts_alone: bool = False  # rows with a text and no image train (as negatives, LM / MLM), marked `image_present`
     question_column: str = "text_column"  # the `DataArguments` field naming the questions, for the VQA metrics
     statement_column: str = "text_column"  # the one naming the statements, for the classification metrics
 
@@ -43,6 +44,7 @@ TASKS = {
         labels="caption",
         mlm=True,
         may_idle_parameters=True,
+        texts_alone=True,
     ),
     "retrieval": Task(
         VTFusionForImageTextRetrieval,
@@ -50,6 +52,7 @@ TASKS = {
         "caption",
         ("retrieval",),
         loss_without_labels=True,
+        texts_alone=True,
     ),
     "classification": Task(
         VTFusionForSequenceClassification,

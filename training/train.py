@@ -73,7 +73,7 @@ from training.data import (
     prepare_dataset,
     resolve_text_column,
 )
-from training.data_checks import check_finite_loss, drop_unreadable_images
+from training.data_checks import check_finite_loss, drop_unpaired_rows, drop_unreadable_images
 from training.multitask import VTFusionForMultitask
 from training.tasks import TASKS
 from training.tokenizer import train_wordpiece_tokenizer
@@ -333,19 +333,30 @@ def build_model_and_processor(task, train_split, model_args, data_args, training
     return head(scratch_config(model_args, data_args, processor.tokenizer, **kwargs)), processor
 
 
-def readable_split(raw_datasets, split: str, data_args: DataArguments):
-    """A split, without the rows whose image is missing or corrupt when --skip_unreadable_images (default: for a
-    user's --dataset_name; generated SynthShapes needs no check), and the counter of skipped rows (or None)."""
-    dataset = get_split(raw_datasets, split)
+def readable_split(raw_datasets, split: str, data_args: DataArguments, texts_alone: bool = False):
+    """A split without the rows whose image is corrupt (--skip_unreadable_images, default: for a user's
+    --dataset_name; generated SynthShapes needs no check) and, for a user's data set, without the rows lacking an
+    image or a text that the task cannot train on (`texts_alone`: texts without an image train); with the counters of
+    both (None where not checked), for the run's results."""
+    dataset, skipped, unpaired = get_split(raw_datasets, split), None, None
     skip = data_args.skip_unreadable_images
     if skip or (skip is None and data_args.dataset_name is not None):
-        return drop_unreadable_images(dataset, data_args.image_column)
-    return dataset, None
+        dataset, skipped = drop_unreadable_images(dataset, data_args.image_column, keep_missing=True)
+    if data_args.dataset_name is not None:
+        image_column, text_column = data_args.image_column, data_args.text_column
+        dataset, unpaired = drop_unpaired_rows(dataset, image_column, text_column, texts_alone)
+    return dataset, (skipped, unpaired)
 
 
-def with_skipped_count(metrics: dict, skipped) -> dict:
-    """Metrics plus the number of rows skipped for an unreadable image, so the run's results record it."""
-    return metrics if skipped is None else metrics | {"skipped_unreadable_images": skipped.count}
+def with_skipped_count(metrics: dict, counters) -> dict:
+    """Metrics plus the rows skipped for an unreadable image and the rows lacking an image or a text (how many, and
+    how many of them were dropped), so the run's results record them."""
+    skipped, unpaired = counters
+    if skipped is not None:
+        metrics = metrics | {"skipped_unreadable_images": skipped.count}
+    if unpaired is not None:
+        metrics = metrics | {"unpaired_rows": unpaired.count, "unpaired_rows_dropped": unpaired.dropped}
+    return metrics
 
 
 def evaluate_on_test(task, model_dir, processor, test_split, data_args, eval_args, training_args) -> dict[str, float]:
@@ -461,7 +472,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     raw_datasets = load_raw_datasets(data_args, training_args.main_process_first)
     resolve_text_column(task, data_args)
     check_columns(get_split(raw_datasets, data_args.train_split), task, data_args)
-    train_split, train_skipped = readable_split(raw_datasets, data_args.train_split, data_args)
+    train_split, train_skipped = readable_split(
+        raw_datasets, data_args.train_split, data_args, TASKS[task].texts_alone
+    )
     checkpoint = resolve_checkpoint(training_args)
     model, processor = build_model_and_processor(task, train_split, model_args, data_args, training_args, checkpoint)
     if isinstance(model, VTFusionForMultitask):

@@ -1,0 +1,244 @@
+"""The data study (`make data-study`): class imbalance and low-data remedies, measured over seeds.
+
+    python -m training.data_study --output_dir outputs/data-study
+
+Two data sets: SynthShapes entailment (image + statement -> true/false) and scikit-learn's bundled handwritten
+digits (UCI optdigits, 1,797 8x8 scans, upscaled to 32px; image + the constant text "a handwritten digit" -> 0-9),
+which no one here wrote. Two experiments on each, every arm at the same number of steps, for `--seeds`:
+
+- long tail: the training split keeps 10% of one class's rows (SynthShapes: the true statements; digits: the 3s);
+  arms: plain loss, `--class_weighting inverse_frequency`, `--balanced_sampling`. Reported: the rare class's recall
+  and macro F1 on the (balanced) test split.
+- low data: 10% of the training rows; arms: without and with `--image_augmentation` (no flips on digits, whose
+  mirror images are other glyphs). Reported: test accuracy.
+
+SynthShapes runs fine-tune the main job's pre-trained base (`--pretrained`, default: what `make demo` leaves in
+`outputs/vtfusion-synthshapes-pretrain`; pre-training saw the training images and captions, never a label), digits
+runs train a small ViT + BERT pair from scratch. Finished runs (a `test_results.json`) are reused, so a stopped study
+goes on where it stopped. Writes `results.json` (every run) and `results.md` (mean and min-max over seeds).
+"""
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from training import train
+from training.args import default_synthshapes_dir
+from training.synthshapes import write_imagefolder
+
+
+RARE_FRACTION = 0.1  # share of the rare class's training rows kept (long tail: that class 10x rarer)
+LOW_DATA_FRACTION = 0.1  # share of the training rows kept (low data)
+DIGITS_RARE_CLASS = 3
+SYNTHSHAPES_RARE_CLASS = 1  # the true statements
+
+ARMS = {
+    "long_tail": {
+        "plain": [],
+        "class_weighting": ["--class_weighting=inverse_frequency"],
+        "balanced_sampling": ["--balanced_sampling"],
+    },
+    "low_data": {"plain": [], "augmentation": ["--image_augmentation"]},
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output_dir", default="outputs/data-study")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--datasets", nargs="+", default=["digits", "synthshapes"], choices=["digits", "synthshapes"])
+    parser.add_argument("--pretrained", default="outputs/vtfusion-synthshapes-pretrain")
+    parser.add_argument("--num_scenes", type=int, default=20_000, help="SynthShapes size, as the main job's.")
+    parser.add_argument("--synthshapes_steps", type=int, default=150)
+    parser.add_argument("--digits_steps", type=int, default=300)
+    return parser.parse_args(argv)
+
+
+# -- data ------------------------------------------------------------------------------------------------------------
+
+
+def write_rows(folder: Path, split: str, rows: list[dict]) -> None:
+    (folder / split).mkdir(parents=True, exist_ok=True)
+    with open(folder / split / "metadata.jsonl", "w") as file:
+        file.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def keep_fraction_of_class(rows: list[dict], label: int, fraction: float, seed: int = 0) -> list[dict]:
+    """All rows of the other classes and every 1/fraction-th row (at random) of class `label`."""
+    rng = np.random.default_rng(seed)
+    return [row for row in rows if row["label"] != label or rng.random() < fraction]
+
+
+def digits_folders(root: Path) -> dict[str, Path]:
+    """scikit-learn's digits as image folders: `full` (60/10/30 split), `long_tail` and `low_data` (train changed)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits.target))
+    bounds = {
+        "train": order[: int(0.6 * len(order))],
+        "validation": order[int(0.6 * len(order)) : int(0.7 * len(order))],
+    }
+    bounds["test"] = order[int(0.7 * len(order)) :]
+    full = root / "digits"
+    rows = {}
+    for split, indices in bounds.items():
+        (full / split).mkdir(parents=True, exist_ok=True)
+        rows[split] = []
+        for i in indices:
+            pixels = (digits.images[i] * (255 / 16)).astype(np.uint8)  # 0..16 ink levels
+            Image.fromarray(255 - pixels).resize((32, 32), Image.NEAREST).save(full / split / f"{i:04d}.png")
+            rows[split].append(
+                {"file_name": f"{i:04d}.png", "text": "a handwritten digit", "label": int(digits.target[i])}
+            )
+        write_rows(full, split, rows[split])
+    return variants(full, rows, DIGITS_RARE_CLASS)
+
+
+def synthshapes_folders(root: Path, num_scenes: int) -> dict[str, Path]:
+    """SynthShapes' single-statement entailment rows, with the `long_tail` and `low_data` training splits."""
+    source = write_imagefolder(default_synthshapes_dir(num_scenes, 0), num_scenes=num_scenes, seed=0)
+    full, rows = root / "synthshapes", {}
+    for split in ("train", "validation", "test"):
+        (full / split).mkdir(parents=True, exist_ok=True)
+        rows[split] = []
+        for line in (source / split / "metadata.jsonl").read_text().splitlines():
+            scene = json.loads(line)
+            link = full / split / scene["file_name"]
+            if not link.exists():
+                os.symlink((source / split / scene["file_name"]).resolve(), link)
+            rows[split].append({key: scene[key] for key in ("file_name", "statement", "label", "relational")})
+        write_rows(full, split, rows[split])
+    return variants(full, rows, SYNTHSHAPES_RARE_CLASS)
+
+
+def variants(full: Path, rows: dict[str, list[dict]], rare_class: int) -> dict[str, Path]:
+    """Folders sharing `full`'s validation and test splits (by symlink) with a changed training split."""
+    train_rows = {
+        "long_tail": keep_fraction_of_class(rows["train"], rare_class, RARE_FRACTION),
+        "low_data": rows["train"][: int(LOW_DATA_FRACTION * len(rows["train"]))],
+    }
+    folders = {}
+    for name, kept in train_rows.items():
+        folder = full.parent / f"{full.name}-{name}"
+        for split in ("validation", "test"):
+            if not (folder / split).exists():
+                folder.mkdir(parents=True, exist_ok=True)
+                os.symlink((full / split).resolve(), folder / split)
+        (folder / "train").mkdir(parents=True, exist_ok=True)
+        for row in kept:
+            link = folder / "train" / row["file_name"]
+            if not link.exists():
+                os.symlink((full / "train" / row["file_name"]).resolve(), link)
+        write_rows(folder, "train", kept)
+        folders[name] = folder
+    return folders
+
+
+# -- runs ------------------------------------------------------------------------------------------------------------
+
+
+def run_args(dataset: str, folder: Path, output_dir: Path, seed: int, args: argparse.Namespace) -> list[str]:
+    common = [
+        "--task=classification",
+        f"--dataset_name={folder}",
+        f"--output_dir={output_dir}",
+        "--do_train",
+        "--do_predict",
+        f"--seed={seed}",
+        "--per_device_train_batch_size=64",
+        "--learning_rate=1e-3",
+        "--warmup_steps=10",
+        "--lr_scheduler_type=cosine",
+        "--save_strategy=no",
+        "--report_to=none",
+        "--disable_tqdm=true",
+        "--dataloader_pin_memory=false",
+        "--log_level=warning",
+    ]
+    if dataset == "digits":
+        return common + [
+            "--text_column=text",
+            f"--max_steps={args.digits_steps}",
+            "--augmentation_flip_probability=0",
+            "--vision_model_type=vit",
+            "--image_size=32",
+            "--patch_size=4",
+            "--hidden_size=64",
+            "--num_hidden_layers=2",
+            "--num_attention_heads=2",
+            "--num_fusion_layers=1",
+            "--decoder_num_hidden_layers=1",
+            "--projection_dim=32",
+            "--tokenizer_vocab_size=100",
+        ]
+    return common + [
+        f"--model_name_or_path={args.pretrained}",
+        "--text_column=statement",
+        f"--max_steps={args.synthshapes_steps}",
+        "--class_names",
+        "false",
+        "true",
+    ]
+
+
+def run(dataset: str, folder: Path, output_dir: Path, seed: int, args: argparse.Namespace, flags: list[str]) -> dict:
+    finished = output_dir / "test_results.json"
+    if not finished.exists():
+        train.main(run_args(dataset, folder, output_dir, seed, args) + flags)
+    return json.loads(finished.read_text())
+
+
+def summary(values: list[float]) -> str:
+    return f"{statistics.mean(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
+def markdown_tables(results: dict) -> str:
+    lines = []
+    for experiment, metrics in (
+        ("long_tail", ["classification_recall_{rare}", "classification_macro_f1", "classification_accuracy"]),
+        ("low_data", ["classification_accuracy", "classification_macro_f1"]),
+    ):
+        names = [metric.replace("classification_", "").replace("_{rare}", " of the rare class") for metric in metrics]
+        lines += [f"\n{experiment}: mean (min-max) over seeds\n", "| data set | arm | " + " | ".join(names) + " |"]
+        lines.append("| --- | --- |" + " ---: |" * len(metrics))
+        for dataset, arms in results.get(experiment, {}).items():
+            rare = {"digits": DIGITS_RARE_CLASS, "synthshapes": "true"}[dataset]
+            for arm, runs in arms.items():
+                cells = [summary([run[metric.format(rare=rare)] for run in runs.values()]) for metric in metrics]
+                lines.append(f"| {dataset} | {arm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines).strip()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    root = Path(args.output_dir)
+    if "synthshapes" in args.datasets and not (Path(args.pretrained) / "model.safetensors").exists():
+        raise ValueError(f"--pretrained {args.pretrained} holds no model: run `make demo` first, or pass a folder.")
+    results = {}
+    for dataset in args.datasets:
+        folders = (
+            digits_folders(root / "data")
+            if dataset == "digits"
+            else synthshapes_folders(root / "data", args.num_scenes)
+        )
+        for experiment, arms in ARMS.items():
+            for arm, flags in arms.items():
+                for seed in args.seeds:
+                    output_dir = root / experiment / dataset / arm / f"seed{seed}"
+                    metrics = run(dataset, folders[experiment], output_dir, seed, args, flags)
+                    results.setdefault(experiment, {}).setdefault(dataset, {}).setdefault(arm, {})[seed] = metrics
+    tables = markdown_tables(results)
+    (root / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (root / "results.md").write_text(tables + "\n")
+    print(f"\n{tables}\n\nPer-run folders in {root}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
