@@ -14,7 +14,7 @@ which no one here wrote. Two experiments on each, every arm at the same number o
 
 SynthShapes runs fine-tune the main job's pre-trained base (`--pretrained`, default: what `make demo` leaves in
 `outputs/vtfusion-synthshapes-pretrain`; pre-training saw the training images and captions, never a label), digits
-runs train a small ViT + BERT pair from scratch. Finished runs (a `test_results.json`) are reused, so a stopped study
+runs train a small ResNet + BERT pair from scratch. Finished runs (a `test_results.json`) are reused, so a stopped study
 goes on where it stopped. Writes `results.json` (every run) and `results.md` (mean and min-max over seeds).
 """
 
@@ -118,7 +118,8 @@ def synthshapes_folders(root: Path, num_scenes: int) -> dict[str, Path]:
 
 
 def variants(full: Path, rows: dict[str, list[dict]], rare_class: int) -> dict[str, Path]:
-    """Folders sharing `full`'s validation and test splits (by symlink) with a changed training split."""
+    """Image folders with `full`'s validation and test rows and a changed training split (images linked, not copied:
+    `datasets` does not follow a linked folder)."""
     train_rows = {
         "long_tail": keep_fraction_of_class(rows["train"], rare_class, RARE_FRACTION),
         "low_data": rows["train"][: int(LOW_DATA_FRACTION * len(rows["train"]))],
@@ -126,16 +127,13 @@ def variants(full: Path, rows: dict[str, list[dict]], rare_class: int) -> dict[s
     folders = {}
     for name, kept in train_rows.items():
         folder = full.parent / f"{full.name}-{name}"
-        for split in ("validation", "test"):
-            if not (folder / split).exists():
-                folder.mkdir(parents=True, exist_ok=True)
-                os.symlink((full / split).resolve(), folder / split)
-        (folder / "train").mkdir(parents=True, exist_ok=True)
-        for row in kept:
-            link = folder / "train" / row["file_name"]
-            if not link.exists():
-                os.symlink((full / "train" / row["file_name"]).resolve(), link)
-        write_rows(folder, "train", kept)
+        for split, split_rows in {"train": kept, "validation": rows["validation"], "test": rows["test"]}.items():
+            (folder / split).mkdir(parents=True, exist_ok=True)
+            for row in split_rows:
+                link = folder / split / row["file_name"]
+                if not link.exists():
+                    os.symlink((full / split / row["file_name"]).resolve(), link)
+            write_rows(folder, split, split_rows)
         folders[name] = folder
     return folders
 
@@ -166,11 +164,11 @@ def run_args(dataset: str, folder: Path, output_dir: Path, seed: int, args: argp
             "--text_column=text",
             f"--max_steps={args.digits_steps}",
             "--augmentation_flip_probability=0",
-            "--vision_model_type=vit",
+            "--vision_model_type=resnet",  # a ViT from scratch reached 0.40-0.56 here in 300 steps, a ResNet 0.97
+            "--resnet_stages=2",
             "--image_size=32",
-            "--patch_size=4",
             "--hidden_size=64",
-            "--num_hidden_layers=2",
+            "--num_hidden_layers=1",
             "--num_attention_heads=2",
             "--num_fusion_layers=1",
             "--decoder_num_hidden_layers=1",
