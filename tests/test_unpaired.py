@@ -7,11 +7,11 @@ import pytest
 import torch
 from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
-from tiny_models import random_batch, tiny_config
+from tiny_models import TINY_TEXT, random_batch, tiny_config
 
 from modeling_vtfusion import VTFusionForImageTextRetrieval, VTFusionForPreTraining
 from modeling_vtfusion.modeling_vtfusion import contrastive_loss
-from training import train
+from training import filter_pairs, train
 from training.data_checks import drop_unpaired_rows
 
 
@@ -21,6 +21,11 @@ PRESENT = torch.tensor([True, True, False, False])
 def build(head):
     torch.manual_seed(0)
     return head(tiny_config())
+
+
+def build_with(text_config):
+    torch.manual_seed(0)
+    return VTFusionForImageTextRetrieval(tiny_config(text_config=text_config))
 
 
 def test_a_text_without_image_is_no_query_of_the_contrastive_loss():
@@ -116,3 +121,28 @@ def test_pretraining_on_a_data_set_with_gaps_trains_and_counts_them(tmp_path):
     metrics = train.main(args)
     assert (metrics["unpaired_rows"], metrics["unpaired_rows_dropped"]) == (2, 1)
     assert json.loads((tmp_path / "run" / "train_results.json").read_text())["unpaired_rows"] == 2
+
+
+@pytest.mark.parametrize("threshold, kept", [(0.0, 4), (1.01, 0)])
+def test_filter_pairs_scores_every_pair_and_drops_training_pairs_below_the_threshold(
+    threshold, kept, tmp_path, tiny_processor
+):
+    text_config = dict(TINY_TEXT, vocab_size=len(tiny_processor.tokenizer))
+    build_with(text_config).save_pretrained(tmp_path / "model")
+    tiny_processor.save_pretrained(tmp_path / "model")
+    pairs = rows_with_gaps().select(range(4))
+    for split in ("train", "test"):
+        pairs.to_parquet(str(tmp_path / "data" / f"{split}.parquet"))
+
+    results = filter_pairs.main(
+        [
+            f"--model_name_or_path={tmp_path / 'model'}",
+            f"--dataset_name={tmp_path / 'data'}",
+            f"--output_dir={tmp_path / 'filtered'}",
+            f"--threshold={threshold}",
+        ]
+    )
+
+    assert results["train"] == {"rows": 4, "kept": kept, "dropped": 4 - kept}
+    test = Dataset.from_parquet(str(tmp_path / "filtered" / "test.parquet"))
+    assert len(test) == 4 and all(0 <= score <= 1 for score in test["itm_score"])  # evaluation rows all kept
