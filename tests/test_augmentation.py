@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import QUIET_ARGS, TINY_MODEL_ARGS
 
 from training import data, train
 from training.args import DataArguments
@@ -112,17 +113,9 @@ def test_train_py_augments_the_training_split_only(tmp_path, monkeypatch):
             "--max_steps=2",
             "--per_device_train_batch_size=8",
             "--image_augmentation",
-            "--hidden_size=32",
-            "--num_hidden_layers=1",
-            "--num_attention_heads=2",
-            "--num_fusion_layers=1",
-            "--projection_dim=16",
-            "--image_size=32",
-            "--tokenizer_vocab_size=200",
-            "--report_to=none",
             "--save_strategy=no",
-            "--disable_tqdm=true",
-            "--dataloader_pin_memory=false",
+            *TINY_MODEL_ARGS,
+            *QUIET_ARGS,
         ]
     )
     assert len(built) == 1 and built[0].calls >= 2  # the training split's transform only, once per batch

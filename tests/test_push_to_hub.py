@@ -17,7 +17,7 @@ import torch
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard, RepoUrl
 from huggingface_hub.errors import EntryNotFoundError
 from PIL import Image
-from tiny_models import TINY_TEXT, tiny_config
+from tiny_models import TINY_MODEL_ARGS, TINY_TEXT, tiny_config
 
 from modeling_vtfusion import VTFusionForConditionalGeneration
 from modeling_vtfusion.modeling_vtfusion import AUTO_MAP
@@ -211,14 +211,7 @@ def test_training_entry_point_push_uploads_its_output_folder(hub, tmp_path):
             "--per_device_train_batch_size=4",
             f"--synthshapes_dir={tmp_path / 'synthshapes'}",
             "--synthshapes_num_scenes=20",
-            "--image_size=32",
-            "--hidden_size=32",
-            "--num_hidden_layers=1",
-            "--num_attention_heads=2",
-            "--num_fusion_layers=1",
-            "--decoder_num_hidden_layers=1",
-            "--projection_dim=16",
-            "--tokenizer_vocab_size=200",
+            *TINY_MODEL_ARGS,
             "--save_strategy=no",
             "--report_to=none",
             "--use_cpu",

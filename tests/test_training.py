@@ -17,7 +17,7 @@ import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
 from huggingface_hub import ModelCard
-from tiny_models import TINY_TEXT, random_batch, tiny_config
+from tiny_models import QUIET_ARGS, TINY_MODEL_ARGS, TINY_TEXT, random_batch, tiny_config
 from transformers import BertModel, DataCollatorForLanguageModeling, ViTModel
 
 from modeling_vtfusion import (
@@ -38,17 +38,6 @@ from training.tasks import TASKS
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = [
-    "--hidden_size=32",
-    "--num_hidden_layers=1",
-    "--num_attention_heads=2",
-    "--num_fusion_layers=1",
-    "--decoder_num_hidden_layers=1",
-    "--projection_dim=16",
-    "--image_size=32",
-    "--tokenizer_vocab_size=200",
-]
-QUIET = ["--report_to=none", "--disable_tqdm=true", "--dataloader_pin_memory=false", "--log_level=warning"]
 HEADS = {task: spec.head for task, spec in TASKS.items() if task != "multitask"}  # multitask: its own tests
 
 
@@ -78,8 +67,8 @@ def run_args(synthshapes: Path, output_dir: Path, task: str, *extra: str) -> lis
         "--synthshapes_num_scenes=64",
         "--per_device_train_batch_size=8",
         "--save_strategy=no",
-        *TINY_MODEL,
-        *QUIET,
+        *TINY_MODEL_ARGS,
+        *QUIET_ARGS,
         *extra,
     ]
 
@@ -350,8 +339,8 @@ def test_main_job_writes_results_and_a_hub_ready_folder(synthshapes, tmp_path):
             "--test_samples=6",
             "--attention_scenes=3",
             "--extra",
-            *TINY_MODEL[3:],
-            *QUIET,
+            *TINY_MODEL_ARGS[3:],
+            *QUIET_ARGS,
             "--generation_max_new_tokens=4",
         ]
     )

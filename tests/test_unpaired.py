@@ -7,7 +7,7 @@ import pytest
 import torch
 from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
-from tiny_models import TINY_TEXT, random_batch, tiny_config
+from tiny_models import QUIET_ARGS, TINY_MODEL_ARGS, TINY_TEXT, random_batch, tiny_config
 
 from modeling_vtfusion import VTFusionForImageTextRetrieval, VTFusionForPreTraining
 from modeling_vtfusion.modeling_vtfusion import contrastive_loss
@@ -105,18 +105,9 @@ def test_pretraining_on_a_data_set_with_gaps_trains_and_counts_them(tmp_path):
         "--do_train",
         "--max_steps=2",
         "--per_device_train_batch_size=6",
-        "--hidden_size=32",
-        "--num_hidden_layers=1",
-        "--num_attention_heads=2",
-        "--num_fusion_layers=1",
-        "--decoder_num_hidden_layers=1",
-        "--projection_dim=16",
-        "--image_size=32",
-        "--tokenizer_vocab_size=100",
-        "--report_to=none",
         "--save_strategy=no",
-        "--disable_tqdm=true",
-        "--dataloader_pin_memory=false",
+        *TINY_MODEL_ARGS,
+        *QUIET_ARGS,
     ]
     metrics = train.main(args)
     assert (metrics["unpaired_rows"], metrics["unpaired_rows_dropped"]) == (2, 1)

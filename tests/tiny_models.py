@@ -29,6 +29,20 @@ TINY_TEXT = {
 }
 
 
+# `training.train` flags for a tiny model from scratch, and for a quiet run.
+TINY_MODEL_ARGS = [
+    "--hidden_size=32",
+    "--num_hidden_layers=1",
+    "--num_attention_heads=2",
+    "--num_fusion_layers=1",
+    "--decoder_num_hidden_layers=1",
+    "--projection_dim=16",
+    "--image_size=32",
+    "--tokenizer_vocab_size=200",
+]
+QUIET_ARGS = ["--report_to=none", "--disable_tqdm=true", "--dataloader_pin_memory=false", "--log_level=warning"]
+
+
 def tiny_config(**overrides) -> VTFusionConfig:
     """A tiny config: 32px ViT and a 300-word BERT, BERT-style special ids of the tests' WordPiece vocab."""
     values = dict(
