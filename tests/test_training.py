@@ -167,15 +167,18 @@ def test_multitask_without_itm_trains_no_itm_weight_and_keeps_the_saved_loss_wei
     assert after.config.itm_loss_weight == 1.0  # a retrieval run from this checkpoint trains ITM again
 
 
-def test_multitask_from_a_pretrained_base_starts_its_classifier_as_the_itm_head(synthshapes, tmp_path):
+@pytest.mark.parametrize(
+    "task, head", [("multitask", VTFusionForMultitask), ("classification", VTFusionForSequenceClassification)]
+)
+def test_a_new_two_way_classifier_starts_as_the_pretrained_itm_head(task, head, synthshapes, tmp_path):
     pretrained = tmp_path / "pretrain"
     train.main(run_args(synthshapes, pretrained, "pretrain", "--do_train", "--max_steps=1"))
     itm_head = VTFusionForPreTraining.from_pretrained(pretrained).itm_head
 
     args = ["--do_train", "--max_steps=1", "--learning_rate=0", f"--model_name_or_path={pretrained}"]
-    train.main(run_args(synthshapes, tmp_path / "multitask", "multitask", *args))
+    train.main(run_args(synthshapes, tmp_path / task, task, *args))
 
-    classifier = VTFusionForMultitask.from_pretrained(tmp_path / "multitask").classifier
+    classifier = head.from_pretrained(tmp_path / task).classifier
     torch.testing.assert_close(classifier.weight, itm_head.weight, atol=0, rtol=0)
     torch.testing.assert_close(classifier.bias, itm_head.bias, atol=0, rtol=0)
 
