@@ -14,7 +14,14 @@ For your own data set, augment before the processor:
 
 ```python
 augment = ImageTextAugmentation("image", ["caption"], size=(224, 224))
-dataset.set_transform(lambda batch: processor(images=augment(batch)["image"], text=batch["caption"] ...))
+
+
+def transform(batch):
+    batch = augment(batch)  # the images, and the captions of the flipped ones
+    return processor(images=batch["image"], text=batch["caption"], return_tensors="pt")
+
+
+train_dataset.set_transform(transform)
 ```
 
 Why kornia: it is Apache-2.0, maintained and needs only torch (~7 MB with kornia-rs); torchvision is a 5 GB CUDA
