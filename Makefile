@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 OUT ?= outputs/vtfusion-synthshapes
 
-.PHONY: setup test compat lint format demo bench study data-study
+.PHONY: setup test compat lint format demo bench study data-study app
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,12 @@ compat: setup
 
 demo: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m training.main_job --output_dir $(OUT)
+
+# The demo page on a saved checkpoint (default: the main job's), at http://127.0.0.1:$(PORT).
+MODEL ?= $(OUT)
+PORT ?= 7860
+app: setup
+	MODEL=$(MODEL) PORT=$(PORT) $(PY) app/app.py
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.run
