@@ -821,25 +821,36 @@ class VTFusionForImageTextRetrieval(ImageTextMatchingMixin, VTFusionPreTrainedMo
         top_k = min(top_k, len(gallery.embeds))
         chunks = []
         for start in range(0, len(queries.embeds), batch_size):
-            rows = slice(start, start + batch_size)
-            similarity = self.vtfusion.similarity(gallery.embeds, queries.embeds[rows])  # [q, gallery], symmetric
+            chunk = VTFusionRetrievalFeatures(
+                **{name: value[start : start + batch_size] for name, value in queries.items()}
+            )
+            similarity = self.vtfusion.similarity(gallery.embeds, chunk.embeds)  # [q, gallery], symmetric
             itc_scores, itc_indices = similarity.topk(top_k, dim=-1)  # [q, k]
-            scores, order = self._match_scores(queries, rows, gallery, itc_indices).sort(dim=-1, descending=True)
-            chunks.append((itc_indices.gather(-1, order), scores, itc_indices, itc_scores))
+            chunks.append(self.rank_candidates(chunk, gallery, itc_indices, itc_scores).to_tuple())
         indices, scores, itc_indices, itc_scores = (torch.cat(chunk) for chunk in zip(*chunks))
         return VTFusionRankingOutput(indices=indices, scores=scores, itc_indices=itc_indices, itc_scores=itc_scores)
 
-    def _match_scores(self, queries, rows, gallery, candidates: torch.Tensor) -> torch.Tensor:
-        """ITM log-probability of a match for each query in `rows` with each of its candidates [q, k] -> [q, k]."""
+    @torch.inference_mode()
+    def rank_candidates(self, queries, gallery, candidates: torch.Tensor, candidate_scores: torch.Tensor):
+        """The second stage alone: each query's `candidates` [q, k] (indices into `gallery`, found by ITC here or by
+        an approximate index, `retrieval_index.GalleryIndex`) sorted by ITM; `candidate_scores` are kept as the
+        first stage's."""
+        scores, order = self._match_scores(queries, gallery, candidates).sort(dim=-1, descending=True)
+        return VTFusionRankingOutput(
+            indices=candidates.gather(-1, order), scores=scores, itc_indices=candidates, itc_scores=candidate_scores
+        )
+
+    def _match_scores(self, queries, gallery, candidates: torch.Tensor) -> torch.Tensor:
+        """ITM log-probability of a match for each query with each of its candidates [q, k] -> [q, k]."""
         num_queries, k = candidates.shape
         flat = candidates.flatten()  # [q * k]
         if queries.attention_mask is not None:  # text queries, image candidates: each distinct image fused once
             images, image_index = torch.unique(flat, return_inverse=True)
             image_tokens = gallery.tokens[images]  # [distinct images, Ni, W]
-            text_tokens = queries.tokens[rows].repeat_interleave(k, dim=0)  # [q * k, Nt, W]
-            text_mask = queries.attention_mask[rows].repeat_interleave(k, dim=0)
+            text_tokens = queries.tokens.repeat_interleave(k, dim=0)  # [q * k, Nt, W]
+            text_mask = queries.attention_mask.repeat_interleave(k, dim=0)
         else:  # image queries, text candidates: each query image fused once for all its k candidates
-            image_tokens = queries.tokens[rows]  # [q, Ni, W]
+            image_tokens = queries.tokens  # [q, Ni, W]
             image_index = torch.arange(num_queries, device=flat.device).repeat_interleave(k)
             text_tokens, text_mask = gallery.tokens[flat], gallery.attention_mask[flat]
         pooled = self.vtfusion.fuse(image_tokens, text_tokens, text_mask, image_index=image_index).pooler_output
