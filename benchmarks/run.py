@@ -22,7 +22,7 @@ from transformers.utils import logging
 from .memory import run_in_child, training_peak_rss
 from .models import BATCH_SIZE, NUM_DECODER_LAYERS, NUM_FUSION_LAYERS, build, num_parameters, random_batch
 from .retrieval import RETRIEVAL, query_chunk
-from .serving import ann_rows
+from .serving import ann_rows, cpu_inference_rows
 from .timing import count_flops, interleaved_times, matmul_flops_per_second, median
 from .workloads import OBJECTIVES, TrainStep, caption_generator
 
@@ -433,6 +433,7 @@ def main():
         rows += compile_rows(steps, args.rounds)
 
     rows += ann_rows(args.main_job_results.parent, args.rounds)
+    rows += cpu_inference_rows(args.main_job_results.parent, args.rounds)
     rows += main_job_rows(args.main_job_results)
     wall = time.perf_counter() - start
     rows.append(row("bench_wall_time", wall, None, "s", value=wall))

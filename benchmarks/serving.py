@@ -1,4 +1,5 @@
-"""Serving rows: the FAISS index of large galleries (`modeling_vtfusion.retrieval_index`) against exact search.
+"""Serving rows: the FAISS index of large galleries (`modeling_vtfusion.retrieval_index`) against exact search, and
+int8 / ONNX Runtime CPU inference (`modeling_vtfusion.cpu_inference`) against fp32 PyTorch on the main job's model.
 
 Index: at 10k, the main job's embeddings of 10,000 SynthShapes training images, searched with the embeddings of
 1,000 of their captions (text-to-image, as the index is used); at 100k, synthetic: each of those 10,000 image
@@ -44,7 +45,7 @@ def main_job_embeddings(model_dir: Path, num_images: int = 10_000) -> tuple[torc
     images = torch.cat(
         [embed(model, processor, "image", b["image"]) for b in train.select_columns(["image"]).iter(512)]
     )
-    return images, embed(model, processor, "text", train["caption"][:NUM_QUERIES])
+    return images, embed(model, processor, "text", list(train["caption"][:NUM_QUERIES]))
 
 
 def jittered_copies(embeds: torch.Tensor, copies: int, seed: int = 0) -> torch.Tensor:
@@ -113,3 +114,110 @@ def ann_rows(model_dir: Path, rounds: int = 3) -> list[dict]:
             ),
         ]
     return rows
+
+
+# -- CPU inference: int8 and ONNX Runtime against fp32 ---------------------------------------------------------------
+
+
+def test_inputs(model_dir: Path, processor, num_scenes: int = 500):
+    """The first SynthShapes test scenes: images, one caption each (retrieval) and statements with labels."""
+    from training.args import default_synthshapes_dir
+    from training.synthshapes import load_synthshapes
+
+    test = load_synthshapes(Path(default_synthshapes_dir(20_000, 0)))["test"].select(range(num_scenes))
+    images = processor(images=list(test["image"]), return_tensors="pt")["pixel_values"]
+    captions = processor(text=list(test["caption"]), return_tensors="pt")
+    statements = processor(text=list(test["statement"]), return_tensors="pt")
+    return images, captions, statements
+
+
+def outputs(image_embeds, text_embeds, logits, images, captions, statements, batch: int = 100):
+    """Image and caption embeddings and entailment logits, `batch` scenes at a time."""
+    results = {"image": [], "text": [], "logits": []}
+    for start in range(0, len(images), batch):
+        part = slice(start, start + batch)
+        results["image"].append(image_embeds(pixel_values=images[part]))
+        results["text"].append(
+            text_embeds(input_ids=captions["input_ids"][part], attention_mask=captions["attention_mask"][part])
+        )
+        results["logits"].append(
+            logits(
+                pixel_values=images[part],
+                input_ids=statements["input_ids"][part],
+                attention_mask=statements["attention_mask"][part],
+            )
+        )
+    return {name: torch.cat(values) for name, values in results.items()}
+
+
+def agreement(candidate: dict, reference: dict) -> dict[str, float]:
+    top1 = lambda out: (out["text"] @ out["image"].t()).argmax(-1)  # noqa: E731  text-to-image retrieval
+    return {
+        "retrieval_top1": (top1(candidate) == top1(reference)).float().mean().item(),
+        "entailment_top1": (candidate["logits"].argmax(-1) == reference["logits"].argmax(-1)).float().mean().item(),
+        "max_abs_diff_embeds": max((candidate[n] - reference[n]).abs().max().item() for n in ("image", "text")),
+    }
+
+
+def cpu_inference_rows(model_dir: Path, rounds: int = 3) -> list[dict]:
+    import tempfile
+
+    from modeling_vtfusion import VTFusionForSequenceClassification, VTFusionProcessor
+    from modeling_vtfusion.cpu_inference import (
+        ClassificationLogits,
+        ImageEmbeds,
+        OnnxPart,
+        TextEmbeds,
+        export_onnx,
+        quantize_int8,
+    )
+
+    from .run import row
+
+    if not (model_dir / "model.safetensors").exists():
+        return [row("int8_speedup", None, None, f"run `make demo` first ({model_dir} is missing)")]
+    model = VTFusionForSequenceClassification.from_pretrained(model_dir).eval()
+    processor = VTFusionProcessor.from_pretrained(model_dir)
+    inputs = test_inputs(model_dir, processor)
+
+    def torch_parts(m):
+        image, text, logits = ImageEmbeds(m), TextEmbeds(m), ClassificationLogits(m)
+        return (lambda **x: image(**x), lambda **x: text(**x), lambda **x: logits(**x))
+
+    int8 = quantize_int8(model)
+    folder = Path(tempfile.mkdtemp(prefix="vtfusion-onnx-"))
+    paths = export_onnx(model, folder, processor)
+    onnx = tuple(
+        OnnxPart(paths[name], threads=torch.get_num_threads()) for name in ("image_embeds", "text_embeds", "logits")
+    )
+    variants = {"fp32": torch_parts(model), "int8": torch_parts(int8), "onnx": onnx}
+    with torch.inference_mode():
+        results = {name: outputs(*parts, *inputs) for name, parts in variants.items()}
+        times = interleaved_times(
+            {name: (lambda p=parts: outputs(*p, *inputs)) for name, parts in variants.items()}, rounds
+        )
+    sizes = {
+        "fp32": (model_dir / "model.safetensors").stat().st_size,
+        "int8": state_dict_bytes(int8),
+        "onnx": paths["logits"].stat().st_size,  # the classification graph holds every weight the three parts use
+    }
+    rows = []
+    for name in ("int8", "onnx"):
+        agree = agreement(results[name], results["fp32"])
+        note = (
+            f"500 SynthShapes test scenes, main job's model: image + caption embeddings and entailment logits; "
+            f"agreement with fp32: retrieval top-1 {agree['retrieval_top1']:.3f}, entailment {agree['entailment_top1']:.3f}, "
+            f"largest embedding difference {agree['max_abs_diff_embeds']:.2g}"
+        )
+        seconds = {variant: median(times[variant]) for variant in ("fp32", name)}
+        rows.append(row(f"{name}_speedup", 500 / seconds[name], 500 / seconds["fp32"], "scenes/s", note=note, **agree))
+        rows.append(row(f"{name}_size", sizes[name] / 2**20, sizes["fp32"] / 2**20, "MiB", higher_is_better=False))
+    return rows
+
+
+def state_dict_bytes(model) -> int:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell()
