@@ -27,11 +27,12 @@ from training.model_card import write_model_card
 
 REPO = Path(__file__).resolve().parents[1]
 # Every file of the package travels as remote code, except the package marker and the helpers no model imports
-# (heat maps with matplotlib, the FAISS gallery index).
+# (heat maps with matplotlib, the FAISS gallery index, int8 / ONNX inference).
 CODE_FILES = {p.name for p in (REPO / "modeling_vtfusion").glob("*.py")} - {
     "__init__.py",
     "interpretability.py",
     "retrieval_index.py",
+    "cpu_inference.py",
 }
 PROCESSOR_FILES = {"processor_config.json", "tokenizer.json", "tokenizer_config.json"}
 
