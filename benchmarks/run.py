@@ -19,6 +19,7 @@ import torch
 import transformers
 from transformers.utils import logging
 
+from .busy import busy_rows
 from .memory import run_in_child, training_peak_rss
 from .models import BATCH_SIZE, NUM_DECODER_LAYERS, NUM_FUSION_LAYERS, build, num_parameters, random_batch
 from .retrieval import RETRIEVAL, query_chunk
@@ -434,6 +435,7 @@ def main():
 
     rows += ann_rows(args.main_job_results.parent, args.rounds)
     rows += cpu_inference_rows(args.main_job_results.parent, args.rounds)
+    rows += busy_rows()
     rows += main_job_rows(args.main_job_results)
     wall = time.perf_counter() - start
     rows.append(row("bench_wall_time", wall, None, "s", value=wall))

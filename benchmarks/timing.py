@@ -8,8 +8,9 @@ import statistics
 import time
 from collections.abc import Callable
 
-import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from training.machine import matmul_gflops
 
 
 def interleaved_times(cases: dict[str, Callable], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
@@ -30,16 +31,9 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def matmul_flops_per_second(size: int = 2048, repeats: int = 3) -> float:
-    """fp32 FLOP/s of the best of `repeats` [size, size] @ [size, size] products: the machine's matmul peak."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+def matmul_flops_per_second() -> float:
+    """fp32 FLOP/s of the machine's matmul peak, measured as the main job measures it (`training.machine`)."""
+    return matmul_gflops() * 1e9
 
 
 def count_flops(fn: Callable) -> int:

@@ -348,9 +348,8 @@ def test_main_job_writes_results_and_a_hub_ready_folder(synthshapes, tmp_path):
         ]
     )
 
-    assert set(main_job.HEADLINE) | {"attention_color_hit_rate", "attention_shape_hit_rate", "wall_time_s"} <= set(
-        results
-    )
+    expected = {"attention_color_hit_rate", "attention_shape_hit_rate", "wall_time_s", "matmul_gflops"}
+    assert set(main_job.HEADLINE) | expected <= set(results) and results["matmul_gflops"] > 0
     assert json.loads((output_dir / "results.json").read_text()) == results
     assert len(list((output_dir / "attention").glob("*.png"))) == 3
     assert_hub_ready(output_dir)

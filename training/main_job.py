@@ -22,7 +22,8 @@
    VQA accuracy, entailment accuracy (overall and relational), captioning BLEU-4 / ROUGE-L / CIDEr;
 5. checks where the cross-attention of colour and shape words peaks on `--attention_scenes` unseen scenes (hit rate
    against chance, in `results.json`) and draws heat maps of a few of them into `<output_dir>/attention/`;
-6. prints one markdown table, writes `results.json`, and leaves in `--output_dir` a Hub-ready folder whose weights
+6. prints one markdown table, writes `results.json` (with `matmul_gflops`, the machine's fp32 matmul speed measured
+   at the start, as `make bench` measures it, so wall times compare across machines), and leaves in `--output_dir` a Hub-ready folder whose weights
    every head class loads (config with `auto_map`, code files, safetensors weights, processor, model card).
 
 Both stages run `training.train.main`, the entry point users call; the pre-trained model stays in
@@ -36,6 +37,7 @@ from pathlib import Path
 
 from modeling_vtfusion.fusion import ATTENTION_MAP_FUSION_TYPES
 from training import attention_check, model_card, train
+from training.machine import matmul_gflops
 
 
 # Measured on this 2-core machine at batch 64 (3-5 statements and 5 questions per image): pre-training 0.70 s a step,
@@ -169,6 +171,7 @@ def markdown_table(results: dict[str, float]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
+    gflops = matmul_gflops()  # the machine's speed, so this run's wall time compares with runs elsewhere
     start = time.time()
     pretrained = f"{args.output_dir.rstrip('/')}-pretrain"
     train.main(pretrain_args(args, pretrained))
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         png_dir = Path(args.output_dir, "attention")
         attention = attention_check.check_attention(args.output_dir, args.attention_scenes, png_dir=png_dir)
         metrics |= {f"test_attention_{name}": value for name, value in attention.items()}
-    results = collect_results(metrics, time.time() - start)
+    results = collect_results(metrics, time.time() - start) | {"matmul_gflops": round(gflops, 1)}
     Path(args.output_dir, "results.json").write_text(json.dumps(results, indent=2) + "\n")
     model_card.main([args.output_dir])  # README.md: the model card, with these metrics and a model-index
     print(f"\n{markdown_table(results)}\n\nHub-ready model in {args.output_dir}; metrics in results.json")

@@ -76,6 +76,7 @@ from training.data import (
     resolve_text_column,
 )
 from training.data_checks import check_finite_loss, drop_unpaired_rows, drop_unreadable_images
+from training.machine import BusyMachineCallback, configure_threads
 from training.multitask import VTFusionForMultitask
 from training.tasks import TASKS
 from training.tokenizer import train_wordpiece_tokenizer
@@ -190,13 +191,6 @@ def use_cpu_without_accelerator() -> None:
     gloo: accelerate only sets up a CPU process group when told to use the CPU before `TrainingArguments` exists."""
     if int(os.environ.get("LOCAL_RANK", -1)) != -1 and not torch.accelerator.is_available():
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-
-
-def configure_threads() -> None:
-    """Split the CPU cores between the processes of this machine, unless OMP_NUM_THREADS says otherwise."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
 
 
 def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
@@ -518,6 +512,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data_collator=build_collator(task, processor, data_args, training_args.seed),
         processing_class=processor,
         train_sampler=train_sampler,
+        callbacks=[BusyMachineCallback()],
     )
     metrics = {}
     if training_args.do_train:
