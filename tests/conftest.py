@@ -13,7 +13,8 @@ import torch
 
 
 # `make test` runs two pytest workers on two cores: one thread each. More threads per worker oversubscribe the cores
-# and make tiny ops ~100x slower.
+# and make tiny ops ~100x slower. The environment variable also tells `training.train`, run in-process, to keep it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 
