@@ -27,14 +27,14 @@ from training.args import DataArguments
 from training.data import load_raw_datasets
 
 
-def itm_scores(model, processor, images, texts: list[str], batch_size: int = 128) -> list[float]:
+def itm_scores(model, processor, images: list, texts: list[str], batch_size: int = 128) -> list[float]:
     """P(match) of each (image, text) pair from the ITM head, `batch_size` pairs at a time."""
     scores = []
     model.eval()
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
-            batch_images = [images[i] for i in range(start, min(start + batch_size, len(texts)))]
-            inputs = processor(images=batch_images, text=texts[start : start + batch_size], return_tensors="pt")
+            rows = slice(start, start + batch_size)
+            inputs = processor(images=list(images[rows]), text=texts[rows], return_tensors="pt")
             inputs.pop("token_type_ids", None)
             logits = model(**inputs.to(model.device), return_loss=False).itm_logits
             scores += logits.softmax(-1)[:, 1].tolist()
@@ -68,9 +68,10 @@ def main(argv: list[str] | None = None) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     results = {}
     for split, dataset in raw.items():
-        texts = [first_text(value) for value in dataset[args.text_column]]
-        images = dataset.select_columns([args.image_column])  # decoded a batch at a time
-        scores = itm_scores(model, processor, ImageColumn(images, args.image_column), texts, args.batch_size)
+        scores = []
+        for batch in dataset.select_columns([args.image_column, args.text_column]).iter(args.batch_size):
+            texts = [first_text(value) for value in batch[args.text_column]]  # images decoded a batch at a time
+            scores += itm_scores(model, processor, batch[args.image_column], texts, args.batch_size)
         scored = dataset.add_column("itm_score", scores)
         if split == args.train_split:
             scored = scored.filter(lambda score: score >= args.threshold, input_columns=["itm_score"])
@@ -79,19 +80,6 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{split}: kept {len(scored)} of {len(dataset)} rows")
     (output_dir / "filter_results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
-
-
-class ImageColumn:
-    """A data set's image column, indexable row by row, so that images are decoded only when a batch needs them."""
-
-    def __init__(self, dataset, column: str):
-        self.dataset, self.column = dataset, column
-
-    def __getitem__(self, index: int):
-        return self.dataset[index][self.column]
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
 
 if __name__ == "__main__":
