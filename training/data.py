@@ -197,26 +197,23 @@ def build_transform(
     spec, rng = TASKS[task], random.Random(seed)
     max_length, max_target = data_args.max_length, data_args.max_target_length
     image_column, text_column = data_args.image_column, data_args.text_column
+    size = output_size(processor.image_processor)
     augmentation = None
     if augment:
-        size = output_size(processor.image_processor)
         augmentation = ImageTextAugmentation(
             image_column, text_columns(data_args), size, seed, flip_probability=data_args.augmentation_flip_probability
         )
-
-    blank = Image.new("RGB", output_size(processor.image_processor)[::-1])  # the stand-in of a missing image
+    blank = Image.new("RGB", size[::-1])  # the stand-in of a missing image (`spec.texts_alone`)
 
     def transform(batch: dict) -> dict:
-        present = [image is not None for image in batch[image_column]]
+        out = {}
         if spec.texts_alone:  # rows with a text and no image (the others were dropped by `drop_unpaired_rows`)
-            batch = batch | {
-                image_column: [image if kept else blank for image, kept in zip(batch[image_column], present)]
-            }
+            out["image_present"] = [image is not None for image in batch[image_column]]
+            images = [image if kept else blank for image, kept in zip(batch[image_column], out["image_present"])]
+            batch = batch | {image_column: images}
         if augmentation is not None:
             batch = augmentation(batch)
-        out = {"pixel_values": encode_images(processor, batch[image_column])}
-        if spec.texts_alone:
-            out["image_present"] = present
+        out["pixel_values"] = encode_images(processor, batch[image_column])
         if spec.questions:
             pairs = [
                 rng.choice(question_answer_pairs(q, a))
