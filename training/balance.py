@@ -23,9 +23,9 @@ def class_weights(labels: list[int], num_labels: int, method: str) -> list[float
     """One weight per class id 0 .. num_labels - 1, from the training labels."""
     if method not in CLASS_WEIGHTINGS[1:]:
         raise ValueError(f"--class_weighting {method!r}: choose one of {', '.join(CLASS_WEIGHTINGS)}.")
-    counts = np.array([Counter(labels)[label] for label in range(num_labels)], dtype=np.float64)
+    counts = np.bincount(labels, minlength=num_labels).astype(np.float64)
     if (counts == 0).any():
-        missing = [label for label in range(num_labels) if counts[label] == 0]
+        missing = np.flatnonzero(counts == 0).tolist()
         raise ValueError(f"Classes {missing} have no training row: no weight can be computed for them.")
     if method == "inverse_frequency":
         weights = 1.0 / counts

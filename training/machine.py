@@ -51,8 +51,8 @@ class ThreadTuner:
     the process's share of the cores and `window` on one thread, and keeps the faster. Trials run at the start, when
     steps become `slowdown` times slower than the trial measured (another process took cores), and every
     `recheck_every` steps while on fewer threads than the share (that process may be gone). A synthetic matmul probe
-    was tried first and misjudged: on this 2-vCPU machine its 2-thread time swung 2x from run to run while the
-    step's did not."""
+    was tried first: measured while OpenMP threads slept (`OMP_WAIT_POLICY=PASSIVE`, since dropped), its 2-thread
+    time swung 2x from run to run while the real step's did not, and timing real steps needs no proxy."""
 
     def __init__(self, window: int = 4, slowdown: float = 1.6, recheck_every: int = 100):
         self.window, self.slowdown, self.recheck_every = window, slowdown, recheck_every
