@@ -42,7 +42,7 @@ from modeling_vtfusion.image_utils import to_rgb_images
 
 
 SIDES = {"left": "right", "right": "left", "leftmost": "rightmost", "rightmost": "leftmost"}
-SIDE_WORD = re.compile(r"\b(left|right|leftmost|rightmost)\b", re.IGNORECASE)
+SIDE_WORD = re.compile(rf"\b({'|'.join(SIDES)})\b", re.IGNORECASE)
 
 
 def swap_left_right(text):
