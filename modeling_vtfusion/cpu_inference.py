@@ -59,7 +59,7 @@ class ClassificationLogits(nn.Module):
         return self.model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask).logits
 
 
-def export_onnx(model, folder, processor, with_classifier: bool | None = None) -> dict[str, Path]:
+def export_onnx(model, folder, processor) -> dict[str, Path]:
     """Writes `image_embeds.onnx` and `text_embeds.onnx` (and `logits.onnx` for a classification head) in `folder`,
     with a dynamic batch size and text length; returns their paths."""
     folder = Path(folder)
@@ -68,21 +68,14 @@ def export_onnx(model, folder, processor, with_classifier: bool | None = None) -
     example = processor(images=[torch.zeros(3, 8, 8)] * 2, text=["a red circle", "two"], return_tensors="pt")
     pixels, ids, mask = example["pixel_values"], example["input_ids"], example["attention_mask"]
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
+    image_shapes = {"pixel_values": {0: batch}}
+    text_shapes = {"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}}
     parts = {
-        "image_embeds": (ImageEmbeds(model), (pixels,), {"pixel_values": {0: batch}}),
-        "text_embeds": (
-            TextEmbeds(model),
-            (ids, mask),
-            {"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}},
-        ),
+        "image_embeds": (ImageEmbeds(model), (pixels,), image_shapes),
+        "text_embeds": (TextEmbeds(model), (ids, mask), text_shapes),
     }
-    if with_classifier if with_classifier is not None else hasattr(model, "classifier"):
-        shapes = {
-            "pixel_values": {0: batch},
-            "input_ids": {0: batch, 1: length},
-            "attention_mask": {0: batch, 1: length},
-        }
-        parts["logits"] = (ClassificationLogits(model), (pixels, ids, mask), shapes)
+    if hasattr(model, "classifier"):
+        parts["logits"] = (ClassificationLogits(model), (pixels, ids, mask), image_shapes | text_shapes)
     paths = {}
     for name, (module, inputs, dynamic_shapes) in parts.items():
         paths[name] = folder / f"{name}.onnx"
