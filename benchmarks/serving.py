@@ -119,7 +119,7 @@ def ann_rows(model_dir: Path, rounds: int = 3) -> list[dict]:
 # -- CPU inference: int8 and ONNX Runtime against fp32 ---------------------------------------------------------------
 
 
-def test_inputs(model_dir: Path, processor, num_scenes: int = 500):
+def synthshapes_test_inputs(processor, num_scenes: int = 500):
     """The first SynthShapes test scenes: images, one caption each (retrieval) and statements with labels."""
     from training.args import default_synthshapes_dir
     from training.synthshapes import load_synthshapes
@@ -178,18 +178,17 @@ def cpu_inference_rows(model_dir: Path, rounds: int = 3) -> list[dict]:
         return [row("int8_speedup", None, None, f"run `make demo` first ({model_dir} is missing)")]
     model = VTFusionForSequenceClassification.from_pretrained(model_dir).eval()
     processor = VTFusionProcessor.from_pretrained(model_dir)
-    inputs = test_inputs(model_dir, processor)
+    inputs = synthshapes_test_inputs(processor)
 
     def torch_parts(m):
-        image, text, logits = ImageEmbeds(m), TextEmbeds(m), ClassificationLogits(m)
-        return (lambda **x: image(**x), lambda **x: text(**x), lambda **x: logits(**x))
+        return ImageEmbeds(m), TextEmbeds(m), ClassificationLogits(m)
 
     int8 = quantize_int8(model)
-    folder = Path(tempfile.mkdtemp(prefix="vtfusion-onnx-"))
-    paths = export_onnx(model, folder, processor)
-    onnx = tuple(
-        OnnxPart(paths[name], threads=torch.get_num_threads()) for name in ("image_embeds", "text_embeds", "logits")
-    )
+    with tempfile.TemporaryDirectory(prefix="vtfusion-onnx-") as folder:  # sessions hold the graphs once loaded
+        paths = export_onnx(model, folder, processor)
+        parts = ("image_embeds", "text_embeds", "logits")
+        onnx = tuple(OnnxPart(paths[name], threads=torch.get_num_threads()) for name in parts)
+        onnx_bytes = paths["logits"].stat().st_size  # the classification graph holds every weight the three parts use
     variants = {"fp32": torch_parts(model), "int8": torch_parts(int8), "onnx": onnx}
     with torch.inference_mode():
         results = {name: outputs(*parts, *inputs) for name, parts in variants.items()}
@@ -199,7 +198,7 @@ def cpu_inference_rows(model_dir: Path, rounds: int = 3) -> list[dict]:
     sizes = {
         "fp32": (model_dir / "model.safetensors").stat().st_size,
         "int8": state_dict_bytes(int8),
-        "onnx": paths["logits"].stat().st_size,  # the classification graph holds every weight the three parts use
+        "onnx": onnx_bytes,
     }
     rows = []
     for name in ("int8", "onnx"):
