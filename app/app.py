@@ -102,14 +102,24 @@ class Demo:
             maps = self.base(**inputs, output_attentions=True).cross_attentions
         if not maps:
             raise gr.Error("This checkpoint's fusion type has no cross-attention to draw (weighted or late fusion).")
-        tokens = self.processor.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0])
-        positions = [i for i, token in enumerate(tokens) if token.removeprefix("##").lower() in word]
-        if word not in text.lower() or not positions:
+        positions = word_tokens(self.processor.tokenizer(text), text, word)
+        if not positions:
             raise gr.Error(f"'{word}' is not a word of the text.")
         token_map = torch.stack(maps).mean(dim=(0, 2))[0, positions].mean(0)  # [image tokens]
         side = int(len(token_map) ** 0.5)
         grid = token_map[len(token_map) - side * side :].reshape(side, side)  # without a ViT's [CLS]
         return overlay(image, (grid / grid.max()).numpy())
+
+
+def word_tokens(encoding, text: str, word: str) -> list[int]:
+    """Token positions of the first word of `text` equal to `word` (lower case), from the tokenizer's word alignment:
+    all its word pieces, and no other word's (a substring test would count "a" as part of "square")."""
+    for index in dict.fromkeys(i for i in encoding.word_ids() if i is not None):
+        chars = encoding.word_to_chars(index)
+        if text[chars.start : chars.end].lower() == word:
+            tokens = encoding.word_to_tokens(index)
+            return list(range(tokens.start, tokens.end))
+    return []
 
 
 def needs_image(image) -> Image.Image:

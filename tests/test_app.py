@@ -182,6 +182,15 @@ def test_the_heat_map_of_a_word_is_the_image_with_red_drawn_over_it(demo):
     assert drawn.size == image.size and drawn.getpixel((24, 24))[0] > image.getpixel((24, 24))[0]
 
 
+def test_a_words_heat_map_reads_all_its_pieces_and_no_other_word(demo):
+    sys.path.insert(0, str(REPO / "app"))
+    from app import word_tokens
+
+    encoding = demo.processor.tokenizer("a blue square")
+    assert word_tokens(encoding, "a blue square", "square") == [3]  # [CLS] a blue square [SEP]: not "a" too
+    assert word_tokens(encoding, "a blue square", "squ") == []
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
