@@ -26,17 +26,15 @@ def step_seconds(tuner=None) -> float:
 
     name, loss = OBJECTIVES["itc"]["vtfusion"]
     step = TrainStep(build(name), loss, random_batch())
+    trial = 2 * (tuner.window + 1) if tuner else 0  # the tuner's first trial: both thread counts
     times = []
-    for _ in range(WARMUP + (tuner.window + 1) * 2 if tuner else WARMUP):  # the tuner's trial: both thread counts
-        start = time.perf_counter()
-        step()
-        if tuner:
-            tuner.observe(time.perf_counter() - start)
-    for _ in range(STEPS):
+    for _ in range(WARMUP + trial + STEPS):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        if tuner:
+            tuner.observe(times[-1])
+    return statistics.median(times[-STEPS:])
 
 
 def measure(settings: str, busy: bool) -> float:
