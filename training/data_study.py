@@ -106,46 +106,44 @@ def digits_folders(root: Path) -> dict[str, Path]:
                 {"file_name": f"{i:04d}.png", "text": "a handwritten digit", "label": int(digits.target[i])}
             )
         write_rows(full, split, rows[split])
-    return variants(full, rows, DIGITS_RARE_CLASS)
+    return variants(full, rows, DIGITS_RARE_CLASS, images=full)
 
 
 def synthshapes_folders(root: Path, num_scenes: int) -> dict[str, Path]:
     """SynthShapes as a counting task (image + "how many shapes are there?" -> 1-4), with the `long_tail` and
     `low_data` training splits; images linked, not copied."""
     source = write_imagefolder(default_synthshapes_dir(num_scenes, 0), num_scenes=num_scenes, seed=0)
-    full, rows = root / "synthshapes", {}
+    rows = {}
     for split in ("train", "validation", "test"):
-        (full / split).mkdir(parents=True, exist_ok=True)
-        rows[split] = []
-        for line in (source / split / "metadata.jsonl").read_text().splitlines():
-            scene = json.loads(line)
-            link = full / split / scene["file_name"]
-            if not link.exists():
-                os.symlink((source / split / scene["file_name"]).resolve(), link)
-            question = "how many shapes are there?"
-            rows[split].append({"file_name": scene["file_name"], "text": question, "label": scene["num_shapes"] - 1})
-        write_rows(full, split, rows[split])
-    return variants(full, rows, SYNTHSHAPES_RARE_CLASS)
+        scenes = map(json.loads, (source / split / "metadata.jsonl").read_text().splitlines())
+        question = "how many shapes are there?"
+        rows[split] = [{"file_name": s["file_name"], "text": question, "label": s["num_shapes"] - 1} for s in scenes]
+    return variants(root / "synthshapes", rows, SYNTHSHAPES_RARE_CLASS, images=source)
 
 
-def variants(full: Path, rows: dict[str, list[dict]], rare_class: int) -> dict[str, Path]:
-    """Image folders with `full`'s validation and test rows and a changed training split (images linked, not copied:
+def link_split(folder: Path, split: str, rows: list[dict], images: Path) -> None:
+    """`folder/split`: `rows` as its metadata.jsonl and links to their images in `images/split` (linked one by one:
     `datasets` does not follow a linked folder)."""
+    (folder / split).mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        link = folder / split / row["file_name"]
+        if not link.exists():
+            os.symlink((images / split / row["file_name"]).resolve(), link)
+    write_rows(folder, split, rows)
+
+
+def variants(base: Path, rows: dict[str, list[dict]], rare_class: int, images: Path) -> dict[str, Path]:
+    """Image folders `<base>-long_tail` and `<base>-low_data`: the same validation and test rows, a changed training
+    split."""
     train_rows = {
         "long_tail": keep_fraction_of_class(rows["train"], rare_class, RARE_FRACTION),
         "low_data": rows["train"][: int(LOW_DATA_FRACTION * len(rows["train"]))],
     }
     folders = {}
     for name, kept in train_rows.items():
-        folder = full.parent / f"{full.name}-{name}"
+        folders[name] = base.parent / f"{base.name}-{name}"
         for split, split_rows in {"train": kept, "validation": rows["validation"], "test": rows["test"]}.items():
-            (folder / split).mkdir(parents=True, exist_ok=True)
-            for row in split_rows:
-                link = folder / split / row["file_name"]
-                if not link.exists():
-                    os.symlink((full / split / row["file_name"]).resolve(), link)
-            write_rows(folder, split, split_rows)
-        folders[name] = folder
+            link_split(folders[name], split, split_rows, images)
     return folders
 
 
