@@ -47,6 +47,6 @@ bench: setup
 study: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m training.fusion_study $(STUDY_ARGS)
 
-# Class imbalance and low-data remedies over 3 seeds (SynthShapes runs fine-tune the pre-trained base `make demo` leaves).
+# Class imbalance, low-data and noisy-pair remedies over 3 seeds (the noisy-pair filter is the base `make demo` leaves).
 data-study: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m training.data_study $(STUDY_ARGS)
