@@ -18,7 +18,8 @@ import torch
 from accelerate.commands.config.config_args import load_config_from_file
 from huggingface_hub import ModelCard
 from tiny_models import QUIET_ARGS, TINY_MODEL_ARGS, TINY_TEXT, random_batch, tiny_config
-from transformers import BertModel, DataCollatorForLanguageModeling, ViTModel
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import BertModel, DataCollatorForLanguageModeling, TrainingArguments, ViTModel
 
 from modeling_vtfusion import (
     VTFusionConfig,
@@ -121,6 +122,21 @@ def test_training_starts_from_two_pretrained_encoders(synthshapes, tmp_path, tin
         (trained.vtfusion.vision_model.embeddings.cls_token, vision.embeddings.cls_token),
     ):
         torch.testing.assert_close(trained_weight, pretrained_weight, atol=1e-3, rtol=0)
+
+
+def test_total_flos_is_the_measured_flops_of_a_training_step_times_the_steps(tmp_path):
+    model = VTFusionForPreTraining(tiny_config())
+    batch = random_batch() | {"return_loss": True}
+    with FlopCounterMode(display=False) as counter:
+        model(**batch).loss.backward()
+    args = TrainingArguments(tmp_path, max_steps=3, per_device_train_batch_size=4, report_to="none", use_cpu=True)
+    trainer = train.VTFusionTrainer(
+        model=model, args=args, train_dataset=[0] * 12, data_collator=lambda rows: dict(batch)
+    )
+
+    trainer.train()
+
+    assert trainer.state.total_flos == 3 * counter.get_total_flops() > 0
 
 
 def test_multitask_losses_are_those_of_the_heads_with_the_same_weights():

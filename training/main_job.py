@@ -174,13 +174,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     gflops = matmul_gflops()  # the machine's speed, so this run's wall time compares with runs elsewhere
     start = time.time()
     pretrained = f"{args.output_dir.rstrip('/')}-pretrain"
-    train.main(pretrain_args(args, pretrained))
+    pretrain_metrics = train.main(pretrain_args(args, pretrained))
     metrics = train.main(finetune_args(args, pretrained))
+    stages = (pretrain_metrics, metrics)
+    compute = {  # the run's compute: measured model FLOPs and training time (both stages, no evaluation)
+        "train_tflops": round(sum(stage["total_flos"] for stage in stages) / 1e12, 2),
+        "train_time_s": round(sum(stage["train_runtime"] for stage in stages), 1),
+    }
     if args.attention_scenes and args.fusion_type in ATTENTION_MAP_FUSION_TYPES:
         png_dir = Path(args.output_dir, "attention")
         attention = attention_check.check_attention(args.output_dir, args.attention_scenes, png_dir=png_dir)
         metrics |= {f"test_attention_{name}": value for name, value in attention.items()}
-    results = collect_results(metrics, time.time() - start) | {"matmul_gflops": round(gflops, 1)}
+    results = collect_results(metrics, time.time() - start) | compute | {"matmul_gflops": round(gflops, 1)}
     Path(args.output_dir, "results.json").write_text(json.dumps(results, indent=2) + "\n")
     model_card.main([args.output_dir])  # README.md: the model card, with these metrics and a model-index
     print(f"\n{markdown_table(results)}\n\nHub-ready model in {args.output_dir}; metrics in results.json")
