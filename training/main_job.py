@@ -8,7 +8,7 @@
    small CNN because a ViT learns shapes and positions from scratch far too slowly for this budget (measured: after
    1000 multitask steps a ViT's captions were fluent but wrong about the scene, retrieval R@1 0.20 on 500 images;
    the ResNet reached R@1 0.97 in 600 steps). The transformers' feed-forward layers are 2x their width, not BERT's
-   4x (at width 128 the 4x layers were half of the matmul time; pre-training went from 0.87 to 0.70 s a step). The
+   4x (at width 128 the 4x layers were half of the matmul time; a pre-training step took 0.80x the time). The
    64px scenes are resized to 96px and the ResNet has 4 stages, so its 3x3 feature map puts one token on each cell
    of the scene's 3x3 grid (with 4x4 tokens at 64px a centred shape straddles four tokens): after 100 steps from
    scratch ITC was 0.087 vs 0.32 and the caption LM 0.79 vs 0.99, for a CNN that stays a small part of a step;
@@ -22,12 +22,15 @@
    VQA accuracy, entailment accuracy (overall and relational), captioning BLEU-4 / ROUGE-L / CIDEr;
 5. checks where the cross-attention of colour and shape words peaks on `--attention_scenes` unseen scenes (hit rate
    against chance, in `results.json`) and draws heat maps of a few of them into `<output_dir>/attention/`;
-6. prints one markdown table, writes `results.json` (with `matmul_gflops`, the machine's fp32 matmul speed measured
-   at the start, as `make bench` measures it, so wall times compare across machines), and leaves in `--output_dir` a Hub-ready folder whose weights
+6. prints one markdown table, writes `results.json` and leaves in `--output_dir` a Hub-ready folder whose weights
    every head class loads (config with `auto_map`, code files, safetensors weights, processor, model card).
+   `results.json` records the run's compute next to its metrics: `train_tflops` (model FLOPs of both training
+   stages, measured by `VTFusionTrainer`), `train_time_s`, `wall_time_s` and `matmul_gflops` (the machine's fp32
+   matmul speed measured at the start, as `make bench` measures it), so wall times compare across machines.
 
 Both stages run `training.train.main`, the entry point users call; the pre-trained model stays in
-`<output_dir>-pretrain`. The defaults took 787 s on 2 CPU cores (the shared machine's speed varies by up to ~30%).
+`<output_dir>-pretrain`. The defaults cost 43.5 TFLOP (pre-training 16.2, multitask 27.2); wall times, with the
+GFLOP/s they ran at, are in the README.
 """
 
 import argparse
@@ -40,9 +43,9 @@ from training import attention_check, model_card, train
 from training.machine import matmul_gflops
 
 
-# Measured on this 2-core machine at batch 64 (3-5 statements and 5 questions per image): pre-training 0.70 s a step,
-# multitask 1.07 s a step, 787 s in all (entailment 0.966, VQA 0.961); up to ~30% more when the shared machine is slow.
-# The previous recipe (feed-forward 4x, new classifier, 300 + 500 steps) took 995-1047 s, entailment 0.895-0.955.
+# At batch 64 (3-5 statements and 5 questions per image) a pre-training step is 46 GFLOP and a multitask step 60
+# (forward + backward, measured). Recipes at half this compute missed the VQA and entailment targets (README, "Time
+# to accuracy"): the fusion tasks need these steps at this batch.
 PRETRAIN_STEPS = 350
 FINETUNE_STEPS = 450
 
