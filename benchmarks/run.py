@@ -399,10 +399,11 @@ def main_job_rows(results_path: Path) -> list[dict]:
     if not results_path.exists():
         return [row("main_job", None, None, f"run `make demo` first ({results_path} is missing)")]
     results = json.loads(results_path.read_text())
-    names = ("wall_time_s", "retrieval_t2i_r1", "retrieval_i2t_r1", "vqa_accuracy", "entailment_accuracy")
-    names += ("entailment_relational_accuracy", "bleu4", "cider", "rouge_l")
+    units = {"wall_time_s": "s", "matmul_gflops": "GFLOP/s", "train_tflops": "TFLOP (model FLOPs of training)"}
+    names = ("wall_time_s", "matmul_gflops", "train_tflops", "retrieval_t2i_r1", "retrieval_i2t_r1", "vqa_accuracy")
+    names += ("entailment_accuracy", "entailment_relational_accuracy", "bleu4", "cider", "rouge_l")
     return [
-        row(f"main_job_{name}", results[name], None, "s" if name == "wall_time_s" else "metric", value=results[name])
+        row(f"main_job_{name}", results[name], None, units.get(name, "metric"), value=results[name])
         for name in names
         if name in results
     ]
