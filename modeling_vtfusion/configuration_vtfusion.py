@@ -8,7 +8,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .fusion import FUSION_STRATEGIES, FUSION_TYPES
+from .fusion import FUSION_STRATEGIES, FUSION_TYPES, POOLINGS
 
 
 # Small towers so that `VTFusionConfig()` builds a model that trains on a laptop CPU (64px images, 8px patches).
@@ -59,6 +59,11 @@ class VTFusionConfig(PreTrainedConfig):
         fusion_type (`str`): one of `FUSION_TYPES`, each described in `fusion.FUSION_STRATEGIES`:
             `"cross_attention"` (ALBEF / BLIP), `"co_attention"` (ViLBERT / LXMERT), `"concat"` (ViLT), `"weighted"`
             (gated multimodal unit) and `"late"` (no interaction).
+        fusion_pooling (`str`): how the token-level fusions (cross-attention, co-attention, concat) pool a pair's fused
+            tokens into the vector the ITM and classification heads read: `"mean"` or `"max"` (per feature). The
+            default is the mean, what every checkpoint saved before this option pooled with, so they load unchanged;
+            models trained from scratch by `training.train` use the max, which learns matching far sooner
+            (`fusion.TransformerFusion`).
         num_fusion_layers, fusion_hidden_size, fusion_num_attention_heads, fusion_intermediate_size: size of the
             fusion module; `None` sizes follow the text encoder (hidden size, heads) and 4x hidden for the MLP.
         hidden_dropout_prob, attention_dropout: dropout in fusion and decoder layers.
@@ -94,6 +99,7 @@ class VTFusionConfig(PreTrainedConfig):
     projection_dim: int = 256
     logit_scale_init_value: float = 2.6592
     fusion_type: str = "cross_attention"
+    fusion_pooling: str = "mean"
     num_fusion_layers: int = 2
     fusion_hidden_size: int | None = None
     fusion_num_attention_heads: int | None = None
@@ -156,6 +162,8 @@ class VTFusionConfig(PreTrainedConfig):
                 )
         if self.fusion_type not in FUSION_TYPES:
             raise ValueError(f"Unknown fusion_type {self.fusion_type!r}; choose one of {', '.join(FUSION_TYPES)}.")
+        if self.fusion_pooling not in POOLINGS:
+            raise ValueError(f"Unknown fusion_pooling {self.fusion_pooling!r}; choose one of {', '.join(POOLINGS)}.")
         for prefix, width, heads in (
             ("fusion", self.fusion_hidden_size, self.fusion_num_attention_heads),
             ("decoder", self.decoder_hidden_size, self.decoder_num_attention_heads),

@@ -64,6 +64,18 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
     return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
+def masked_max(tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Per-feature max over the token axis of [B, N, H], counting only tokens whose mask is 1."""
+    if mask is None:
+        return tokens.amax(1)
+    hidden = ~mask.bool().unsqueeze(-1)
+    return tokens.masked_fill(hidden, torch.finfo(tokens.dtype).min).amax(1)
+
+
+# How the token-level fusions pool a pair's fused tokens into `pooler_output` (`config.fusion_pooling`).
+POOLINGS = {"mean": masked_mean, "max": masked_max}
+
+
 class VTFusionAttention(nn.Module):
     """Multi-head attention: self-attention, or cross-attention when `key_value_states` is given.
 
@@ -228,9 +240,12 @@ def concat_tokens(text_tokens, text_mask, image_tokens, image_mask):
 class TransformerFusion(nn.Module):
     """Shared stack of `VTFusionLayer`s with a final norm.
 
-    Pairs are pooled as the mean of their real fused tokens, not a tanh-pooled [CLS]: from scratch, a random text
-    encoder's [CLS] barely varies across inputs and matching (ITM) stalls; on 8 random pairs the ITM loss stayed at
-    0.6 after 200 steps with a [CLS] pooler and fell to 0.12-0.26 with the mean.
+    Pairs are pooled over all their real fused tokens (`config.fusion_pooling`), not as a tanh-pooled [CLS]: from
+    scratch, a random text encoder's [CLS] barely varies across inputs and matching (ITM) stalls; on 8 random pairs
+    the ITM loss stayed at 0.6 after 200 steps with a [CLS] pooler and fell to 0.12-0.26 with the mean. The max
+    suits "does the text match the image?" best: one mismatched word decides it, and a mean dilutes that word among
+    all the others (main job's pre-training, 200 steps at batch 64: ITM loss 0.35 with the max, 0.63 with the mean,
+    where the prior is 0.637).
     """
 
     def __init__(self, config, cross: bool):
@@ -245,6 +260,7 @@ class TransformerFusion(nn.Module):
             [VTFusionLayer(config, size, heads, inner, cross_size=cross_size) for _ in range(config.num_fusion_layers)]
         )
         self.norm = nn.LayerNorm(size, eps=config.layer_norm_eps)
+        self.pool = POOLINGS[config.fusion_pooling]
 
 
 class CrossAttentionFusion(TransformerFusion):
@@ -286,7 +302,7 @@ class CrossAttentionFusion(TransformerFusion):
         return FusionOutput(
             last_hidden_state=hidden,
             attention_mask=text_mask,
-            pooler_output=masked_mean(hidden, text_mask),
+            pooler_output=self.pool(hidden, text_mask),
             cross_attentions=maps if output_attentions else None,
             hidden_states=states if output_hidden else None,
         )
@@ -300,6 +316,7 @@ class CoAttentionFusion(nn.Module):
         self.text_stream = TransformerFusion(config, cross=True)
         self.image_stream = TransformerFusion(config, cross=True)
         self.pooler = nn.Linear(2 * config.fusion_hidden_size, config.fusion_hidden_size)
+        self.pool = POOLINGS[config.fusion_pooling]
 
     def forward(self, image_tokens, image_mask, text_tokens, text_mask, output_attentions=False, output_hidden=False):
         dtype = text_tokens.dtype
@@ -312,7 +329,7 @@ class CoAttentionFusion(nn.Module):
             maps, states = maps + (cross,), states + (torch.cat([text, image], dim=1),)
         text, image = self.text_stream.norm(text), self.image_stream.norm(image)
         tokens, mask = concat_tokens(text, text_mask, image, image_mask)
-        pooled = self.pooler(torch.cat([masked_mean(text, text_mask), masked_mean(image, image_mask)], dim=-1))
+        pooled = self.pooler(torch.cat([self.pool(text, text_mask), self.pool(image, image_mask)], dim=-1))
         return FusionOutput(
             last_hidden_state=tokens,
             attention_mask=mask,
@@ -345,7 +362,7 @@ class ConcatFusion(TransformerFusion):
         return FusionOutput(
             last_hidden_state=hidden,
             attention_mask=mask,
-            pooler_output=masked_mean(hidden, mask),
+            pooler_output=self.pool(hidden, mask),
             cross_attentions=maps if output_attentions else None,
             hidden_states=states if output_hidden else None,
         )

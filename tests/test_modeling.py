@@ -40,6 +40,11 @@ def test_unknown_fusion_type_error_lists_the_valid_ones():
         tiny_config(fusion_type="gated")
 
 
+def test_unknown_fusion_pooling_error_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="Unknown fusion_pooling 'cls'; choose one of mean, max"):
+        tiny_config(fusion_pooling="cls")
+
+
 def test_fusion_width_not_divisible_by_heads_is_explained():
     with pytest.raises(ValueError, match=r"fusion_hidden_size \(30\) must be divisible by fusion_num_attention_heads"):
         tiny_config(fusion_hidden_size=30, fusion_num_attention_heads=4)
@@ -79,6 +84,27 @@ def test_attention_fusion_sees_the_image_tokens(fusion_type):
     with torch.no_grad():
         a, b = model(**batch).fused_last_hidden_state, model(**other).fused_last_hidden_state
     assert not torch.allclose(a[:, 0], b[:, 0]), "the text [CLS] token must change when the image changes"
+
+
+@pytest.mark.parametrize("fusion_type", ["cross_attention", "concat"])
+def test_max_pooling_takes_each_features_max_over_the_real_fused_tokens(fusion_type):
+    model = VTFusionModel(tiny_config(fusion_type=fusion_type, fusion_pooling="max")).eval()
+    batch = random_batch()
+    batch["attention_mask"][0, -2:] = 0  # padding must not take part
+    with torch.no_grad():
+        out = model(**batch)
+    real = out.fused_attention_mask.bool()
+    expected = torch.stack([tokens[keep].amax(0) for tokens, keep in zip(out.fused_last_hidden_state, real)])
+    torch.testing.assert_close(out.fused_pooler_output, expected)
+
+
+def test_fusion_pooling_defaults_to_the_mean_so_saved_checkpoints_pool_as_before():
+    model = VTFusionModel(tiny_config()).eval()
+    with torch.no_grad():
+        out = model(**random_batch())
+    real = out.fused_attention_mask.bool()
+    expected = torch.stack([tokens[keep].mean(0) for tokens, keep in zip(out.fused_last_hidden_state, real)])
+    torch.testing.assert_close(out.fused_pooler_output, expected)
 
 
 @pytest.mark.parametrize("fusion_type", ["weighted", "late"])

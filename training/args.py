@@ -55,6 +55,13 @@ class ModelArguments:
         },
     )
     num_fusion_layers: int = field(default=2, metadata={"help": "Depth of the fusion module."})
+    fusion_pooling: str = field(
+        default="max",
+        metadata={
+            "help": "How a new model pools fused tokens for its ITM / classification heads: max (learns matching "
+            "sooner) or mean (VTFusionConfig's default). A checkpoint keeps its own."
+        },
+    )
     decoder_num_hidden_layers: int = field(default=2, metadata={"help": "Depth of the text decoder."})
     projection_dim: int = field(default=128, metadata={"help": "Size of the shared image-text embedding space."})
     tokenizer_vocab_size: int = field(

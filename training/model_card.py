@@ -147,7 +147,7 @@ def write_model_card(
         projection_dim=config.projection_dim,
         fusion_type=config.fusion_type,
         fusion_description=f"{strategy.description}; {layers(config.num_fusion_layers)}, width "
-        f"{config.fusion_hidden_size}",
+        f"{config.fusion_hidden_size}" + (f", {config.fusion_pooling} pooling" if strategy.token_interaction else ""),
         decoder_description=f"{layers(config.decoder_num_hidden_layers)} of width {config.decoder_hidden_size}, causal, "
         "cross-attending to the image tokens (captioning) or to the fused image-question tokens (VQA)",
         num_parameters=f"{num_parameters / 1e6:.2f}M" if num_parameters else "not recorded",
