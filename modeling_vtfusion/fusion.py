@@ -316,7 +316,6 @@ class CoAttentionFusion(nn.Module):
         self.text_stream = TransformerFusion(config, cross=True)
         self.image_stream = TransformerFusion(config, cross=True)
         self.pooler = nn.Linear(2 * config.fusion_hidden_size, config.fusion_hidden_size)
-        self.pool = POOLINGS[config.fusion_pooling]
 
     def forward(self, image_tokens, image_mask, text_tokens, text_mask, output_attentions=False, output_hidden=False):
         dtype = text_tokens.dtype
@@ -329,7 +328,8 @@ class CoAttentionFusion(nn.Module):
             maps, states = maps + (cross,), states + (torch.cat([text, image], dim=1),)
         text, image = self.text_stream.norm(text), self.image_stream.norm(image)
         tokens, mask = concat_tokens(text, text_mask, image, image_mask)
-        pooled = self.pooler(torch.cat([self.pool(text, text_mask), self.pool(image, image_mask)], dim=-1))
+        pooled = torch.cat([self.text_stream.pool(text, text_mask), self.image_stream.pool(image, image_mask)], dim=-1)
+        pooled = self.pooler(pooled)
         return FusionOutput(
             last_hidden_state=tokens,
             attention_mask=mask,
