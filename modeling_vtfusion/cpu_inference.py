@@ -10,6 +10,7 @@ largest embedding difference) and measures speed and size (rows `int8_speedup`, 
 onnxscript and onnxruntime for the ONNX part; like the gallery index, this module is not part of a checkpoint's code.
 """
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -17,13 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .packed_linear import to_plain_linear
+
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """A copy of `model` whose `nn.Linear` layers compute with int8 weights and dynamically quantized activations
     (`torch.ao.quantization.quantize_dynamic`); convolutions, embeddings and norms stay fp32."""
     with warnings.catch_warnings():  # torch points to torchao for new code; the dynamic path is the CPU one here
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=False)
+        plain = to_plain_linear(copy.deepcopy(model))  # the decoder's `PackedLinear`s are quantized too
+        return torch.ao.quantization.quantize_dynamic(plain, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 class ImageEmbeds(nn.Module):

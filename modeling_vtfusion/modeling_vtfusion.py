@@ -45,6 +45,7 @@ from .fusion import (
     build_fusion,
     masked_mean,
 )
+from .packed_linear import PackedLinear
 from .pipelines import CUSTOM_PIPELINES
 
 
@@ -933,6 +934,7 @@ class VTFusionTextDecoder(PreTrainedModel):
                     cross_size=config.fusion_hidden_size,
                     is_causal=True,
                     idx=i,
+                    linear=PackedLinear,
                 )
                 for i in range(config.decoder_num_hidden_layers)
             ]
@@ -1042,7 +1044,7 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
         super().__init__(config)
         self.vtfusion = VTFusionModel(config, vision_model, text_model)
         self.text_decoder = VTFusionTextDecoder(config)
-        self.lm_head = nn.Linear(config.decoder_hidden_size, config.vocab_size, bias=False)
+        self.lm_head = PackedLinear(config.decoder_hidden_size, config.vocab_size, bias=False)
         self.post_init()
         # Generate up to the decoder's position limit by default; pipelines then add no longer default of their own.
         self.generation_config.max_length = config.max_decoder_position_embeddings
@@ -1230,7 +1232,7 @@ class VTFusionForPreTraining(ImageTextMatchingMixin, MaskedLanguageModelingMixin
         self.vtfusion = VTFusionModel(config, vision_model, text_model)
         self.itm_head = nn.Linear(config.fusion_hidden_size, 2)
         self.text_decoder = VTFusionTextDecoder(config)
-        self.lm_head = nn.Linear(config.decoder_hidden_size, config.vocab_size, bias=False)
+        self.lm_head = PackedLinear(config.decoder_hidden_size, config.vocab_size, bias=False)
         # registered last, so the other modules draw the same initial weights as in a head without it
         self.mlm_head = nn.Linear(config.fusion_hidden_size, config.vocab_size)
         self.post_init()
