@@ -76,3 +76,11 @@ def test_int8_quantization_reaches_the_decoder_and_lm_head():
     int8 = quantize_int8(model)
     assert not any(isinstance(module, torch.nn.Linear) for module in int8.modules())
     assert isinstance(model.lm_head, PackedLinear)  # the original is left as it was
+
+
+def test_a_layer_built_under_inference_mode_computes_unpacked():
+    with torch.inference_mode():
+        layer = PackedLinear(48, 300)
+        inputs = torch.randn(2, 48)
+        torch.testing.assert_close(layer(inputs), F.linear(inputs, layer.weight, layer.bias))
+    assert layer._packed is None
