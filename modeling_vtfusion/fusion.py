@@ -84,7 +84,9 @@ class VTFusionAttention(nn.Module):
     the (fixed) memory once and reuses them at every later step.
     """
 
-    def __init__(self, config, hidden_size, num_heads, kv_size=None, is_causal=False, layer_idx=None):
+    def __init__(
+        self, config, hidden_size, num_heads, kv_size=None, is_causal=False, layer_idx=None, linear=nn.Linear
+    ):
         super().__init__()
         self.config = config
         self.head_dim = hidden_size // num_heads
@@ -93,10 +95,10 @@ class VTFusionAttention(nn.Module):
         self.is_causal = is_causal
         self.layer_idx = layer_idx
         kv_size = kv_size or hidden_size
-        self.q_proj = nn.Linear(hidden_size, hidden_size)
-        self.k_proj = nn.Linear(kv_size, hidden_size)
-        self.v_proj = nn.Linear(kv_size, hidden_size)
-        self.out_proj = nn.Linear(hidden_size, hidden_size)
+        self.q_proj = linear(hidden_size, hidden_size)
+        self.k_proj = linear(kv_size, hidden_size)
+        self.v_proj = linear(kv_size, hidden_size)
+        self.out_proj = linear(hidden_size, hidden_size)
 
     def forward(
         self,
@@ -150,11 +152,11 @@ class VTFusionAttention(nn.Module):
 
 
 class VTFusionMLP(nn.Module):
-    def __init__(self, config, hidden_size, intermediate_size):
+    def __init__(self, config, hidden_size, intermediate_size, linear=nn.Linear):
         super().__init__()
-        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.fc1 = linear(hidden_size, intermediate_size)
         self.act = ACT2FN[config.hidden_act]
-        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+        self.fc2 = linear(intermediate_size, hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -164,20 +166,31 @@ class VTFusionMLP(nn.Module):
 class VTFusionLayer(GradientCheckpointingLayer):
     """Pre-norm transformer block: self-attention, optional cross-attention to a memory, MLP.
 
-    Used by the fusion module (bidirectional self-attention) and by the decoder (causal, cached).
+    Used by the fusion module (bidirectional self-attention) and by the decoder (causal, cached), whose `linear` is
+    `PackedLinear` (few rows a step).
     """
 
-    def __init__(self, config, hidden_size, num_heads, intermediate_size, cross_size=None, is_causal=False, idx=None):
+    def __init__(
+        self,
+        config,
+        hidden_size,
+        num_heads,
+        intermediate_size,
+        cross_size=None,
+        is_causal=False,
+        idx=None,
+        linear=nn.Linear,
+    ):
         super().__init__()
         eps = config.layer_norm_eps
         self.self_attn_norm = nn.LayerNorm(hidden_size, eps=eps)
-        self.self_attn = VTFusionAttention(config, hidden_size, num_heads, is_causal=is_causal, layer_idx=idx)
+        self.self_attn = VTFusionAttention(config, hidden_size, num_heads, None, is_causal, idx, linear)
         self.cross_attn = None
         if cross_size is not None:
             self.cross_attn_norm = nn.LayerNorm(hidden_size, eps=eps)
-            self.cross_attn = VTFusionAttention(config, hidden_size, num_heads, kv_size=cross_size, layer_idx=idx)
+            self.cross_attn = VTFusionAttention(config, hidden_size, num_heads, cross_size, False, idx, linear)
         self.mlp_norm = nn.LayerNorm(hidden_size, eps=eps)
-        self.mlp = VTFusionMLP(config, hidden_size, intermediate_size)
+        self.mlp = VTFusionMLP(config, hidden_size, intermediate_size, linear)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(

@@ -934,6 +934,7 @@ class VTFusionTextDecoder(PreTrainedModel):
                     cross_size=config.fusion_hidden_size,
                     is_causal=True,
                     idx=i,
+                    linear=PackedLinear,
                 )
                 for i in range(config.decoder_num_hidden_layers)
             ]
