@@ -184,11 +184,15 @@ class VTFusionLayer(GradientCheckpointingLayer):
         super().__init__()
         eps = config.layer_norm_eps
         self.self_attn_norm = nn.LayerNorm(hidden_size, eps=eps)
-        self.self_attn = VTFusionAttention(config, hidden_size, num_heads, None, is_causal, idx, linear)
+        self.self_attn = VTFusionAttention(
+            config, hidden_size, num_heads, is_causal=is_causal, layer_idx=idx, linear=linear
+        )
         self.cross_attn = None
         if cross_size is not None:
             self.cross_attn_norm = nn.LayerNorm(hidden_size, eps=eps)
-            self.cross_attn = VTFusionAttention(config, hidden_size, num_heads, cross_size, False, idx, linear)
+            self.cross_attn = VTFusionAttention(
+                config, hidden_size, num_heads, kv_size=cross_size, layer_idx=idx, linear=linear
+            )
         self.mlp_norm = nn.LayerNorm(hidden_size, eps=eps)
         self.mlp = VTFusionMLP(config, hidden_size, intermediate_size, linear)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
