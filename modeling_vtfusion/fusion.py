@@ -21,6 +21,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
+from .packed_linear import linear_products
+
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, is_causal=False, **_):
     """Reference attention that also returns the weights; used when attention maps are requested."""
@@ -112,19 +114,21 @@ class VTFusionAttention(nn.Module):
         """`key_value_index` ([B] long, cross-attention without cache): query row b attends to row
         `key_value_index[b]` of `key_value_states`, so a memory shared by several queries is projected once."""
         is_cross = key_value_states is not None
-        input_shape = hidden_states.shape[:-1]
-        query = self.q_proj(hidden_states).view(*input_shape, -1, self.head_dim).transpose(1, 2)
-
         cache = past_key_values
         if isinstance(cache, EncoderDecoderCache):
             cache = cache.cross_attention_cache if is_cross else cache.self_attention_cache
-        if is_cross and cache is not None and past_key_values.is_updated.get(self.layer_idx):
+        reads_cache = is_cross and cache is not None and past_key_values.is_updated.get(self.layer_idx)
+        if not is_cross:
+            query, key, value = linear_products(hidden_states, self.q_proj, self.k_proj, self.v_proj)
+        elif reads_cache:
+            query = self.q_proj(hidden_states)
             key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
         else:
-            source = key_value_states if is_cross else hidden_states
-            kv_shape = (*source.shape[:-1], -1, self.head_dim)
-            key = self.k_proj(source).view(kv_shape).transpose(1, 2)
-            value = self.v_proj(source).view(kv_shape).transpose(1, 2)
+            query = self.q_proj(hidden_states)
+            key, value = linear_products(key_value_states, self.k_proj, self.v_proj)
+        query = self._split_heads(query)
+        if not reads_cache:
+            key, value = self._split_heads(key), self._split_heads(value)
             if key_value_index is not None:
                 key, value = key[key_value_index], value[key_value_index]
             if cache is not None:
@@ -147,8 +151,12 @@ class VTFusionAttention(nn.Module):
             dropout=self.dropout if self.training else 0.0,
             is_causal=self.is_causal and attention_mask is None and query.shape[2] > 1,
         )
-        output = self.out_proj(output.reshape(*input_shape, -1))
+        output = self.out_proj(output.reshape(*hidden_states.shape[:-1], -1))
         return output, weights
+
+    def _split_heads(self, states: torch.Tensor) -> torch.Tensor:
+        """[B, N, H] -> [B, heads, N, head_dim]"""
+        return states.view(*states.shape[:-1], -1, self.head_dim).transpose(1, 2)
 
 
 class VTFusionMLP(nn.Module):

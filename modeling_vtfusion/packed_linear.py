@@ -26,16 +26,16 @@ ROWS_HINT = 64  # oneDNN picks the weight layout for this many rows; any count w
 class PackedLinear(nn.Linear):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._packed = None  # (weight tensor id, data pointer, version) -> oneDNN weight
+        self._packed = None  # (weight key, oneDNN weight)
+        self._stacked = None  # (keys, oneDNN weight, bias) of the layers this one leads in `linear_products`
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self._takes_packed_path(input):
             return F.linear(input, self.weight, self.bias)
-        key = (id(self.weight), self.weight.data_ptr(), self.weight._version)
+        key = tensor_key(self.weight)
         if self._packed is None or self._packed[0] != key:
-            self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), ROWS_HINT))
-        # oneDNN reads the input as laid out contiguously, so a strided view (a slice of positions) is copied first
-        return torch.ops.mkldnn._linear_pointwise(input.contiguous(), self._packed[1], self.bias, "none", [], "")
+            self._packed = (key, pack(self.weight))
+        return packed_product(input, self._packed[1], self.bias)
 
     def _takes_packed_path(self, input: torch.Tensor) -> bool:
         return (
@@ -49,8 +49,39 @@ class PackedLinear(nn.Linear):
         )
 
     def __getstate__(self):
-        """Copies and pickles leave the packed weight behind (oneDNN tensors have no storage to copy)."""
-        return {**self.__dict__, "_packed": None}
+        """Copies and pickles leave the packed weights behind (oneDNN tensors have no storage to copy)."""
+        return {**self.__dict__, "_packed": None, "_stacked": None}
+
+
+def linear_products(input: torch.Tensor, *layers: nn.Linear) -> tuple[torch.Tensor, ...]:
+    """`tuple(layer(input) for layer in layers)`, in one oneDNN product when every layer is a `PackedLinear` on its
+    packed path: their weights stacked and packed together (self-attention's query, key and value projections: one
+    call instead of three, each output equal to its own layer's). The stacked copy is kept by the first layer."""
+    first = layers[0]
+    stackable = all(isinstance(layer, PackedLinear) and layer._takes_packed_path(input) for layer in layers)
+    if not stackable or len({layer.bias is None for layer in layers}) > 1:
+        return tuple(layer(input) for layer in layers)
+    keys = tuple(tensor_key(tensor) for layer in layers for tensor in (layer.weight, layer.bias) if tensor is not None)
+    if first._stacked is None or first._stacked[0] != keys:
+        weight = torch.cat([layer.weight for layer in layers])
+        bias = None if first.bias is None else torch.cat([layer.bias for layer in layers])
+        first._stacked = (keys, pack(weight), bias)
+    output = packed_product(input, first._stacked[1], first._stacked[2])
+    return output.split([layer.out_features for layer in layers], dim=-1)
+
+
+def tensor_key(tensor: torch.Tensor) -> tuple[int, int, int]:
+    """What changes when a parameter is replaced or updated in place (`load_state_dict`, an optimizer step)."""
+    return id(tensor), tensor.data_ptr(), tensor._version
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), ROWS_HINT)
+
+
+def packed_product(input: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    # oneDNN reads the input as laid out contiguously, so a strided view (a slice of positions) is copied first
+    return torch.ops.mkldnn._linear_pointwise(input.contiguous(), packed_weight, bias, "none", [], "")
 
 
 def to_plain_linear(model: nn.Module) -> nn.Module:
@@ -59,5 +90,5 @@ def to_plain_linear(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if isinstance(module, PackedLinear):
             module.__class__ = nn.Linear
-            del module._packed
+            del module._packed, module._stacked
     return model

@@ -13,9 +13,11 @@ from modeling_vtfusion import (
     VTFusionForImageTextRetrieval,
     VTFusionForPreTraining,
     VTFusionForSequenceClassification,
+    fusion,
 )
 from modeling_vtfusion import modeling_vtfusion as modeling
 from modeling_vtfusion.modeling_vtfusion import caption_labels, sample_hard_negatives
+from modeling_vtfusion.packed_linear import linear_products
 
 
 HEADS = [
@@ -408,19 +410,21 @@ def test_generate_encodes_the_image_and_question_once():
 
 
 @pytest.mark.parametrize("search", [{}, {"num_beams": 2}], ids=["greedy", "beam"])
-def test_memory_keys_and_values_are_computed_once_per_generate(search):
+def test_memory_keys_and_values_are_computed_once_per_generate(search, monkeypatch):
     model = build(VTFusionForConditionalGeneration).eval()
     layer = model.text_decoder.layers[0]
-    memory_projections, self_projections = [], []
-    hooks = [
-        count_calls(layer.cross_attn.k_proj, memory_projections),
-        count_calls(layer.self_attn.k_proj, self_projections),
-    ]
+    projected = []  # (the projections computed together, how many positions of each row they read)
+
+    def recorded(states, *projections):
+        projected.append((projections, states.shape[1]))
+        return linear_products(states, *projections)
+
+    monkeypatch.setattr(fusion, "linear_products", recorded)
     model.generate(**generation_inputs("captioning"), max_new_tokens=5, min_new_tokens=5, **search)
-    for hook in hooks:
-        hook.remove()
-    assert len(memory_projections) == 1
-    assert len(self_projections) == 5  # one decoder step per new token, each projecting only the newest token
+    memory = [n for projections, n in projected if layer.cross_attn.k_proj in projections]
+    own = [n for projections, n in projected if layer.self_attn.k_proj in projections]
+    assert len(memory) == 1
+    assert own == [1] * 5  # one decoder step per new token, each projecting only the newest token
 
 
 # -- pretraining -------------------------------------------------------------------------------------------------

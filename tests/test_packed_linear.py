@@ -10,7 +10,7 @@ from tiny_models import random_batch, tiny_config
 
 from modeling_vtfusion import VTFusionForConditionalGeneration
 from modeling_vtfusion.cpu_inference import quantize_int8
-from modeling_vtfusion.packed_linear import PackedLinear, to_plain_linear
+from modeling_vtfusion.packed_linear import PackedLinear, linear_products, to_plain_linear
 
 
 @pytest.fixture
@@ -53,6 +53,50 @@ def test_deepcopy_and_pickle_leave_the_packed_weight_behind(linear):
         assert clone._packed is None
         with torch.no_grad():
             torch.testing.assert_close(clone(torch.ones(1, 48)), expected)
+
+
+@pytest.fixture
+def projections():
+    torch.manual_seed(0)
+    return [PackedLinear(48, 48) for _ in range(3)]
+
+
+@pytest.mark.parametrize("rows", [1, 8, 70])
+def test_stacked_products_equal_each_layers_own_output(projections, rows):
+    inputs = torch.randn(rows, 48)
+    with torch.no_grad():
+        outputs = linear_products(inputs, *projections)
+        for output, layer in zip(outputs, projections):
+            torch.testing.assert_close(output, F.linear(inputs, layer.weight, layer.bias))
+    assert projections[0]._stacked is not None
+
+
+def test_an_in_place_update_of_any_stacked_layer_restacks(projections):
+    inputs = torch.randn(2, 48)
+    with torch.no_grad():
+        linear_products(inputs, *projections)
+        projections[2].bias.add_(1)
+        torch.testing.assert_close(linear_products(inputs, *projections)[2], projections[2](inputs))
+
+
+def test_deepcopy_leaves_the_stacked_weight_behind(projections):
+    with torch.no_grad():
+        linear_products(torch.randn(2, 48), *projections)
+    assert copy.deepcopy(projections[0])._stacked is None
+
+
+def test_products_with_autograd_on_are_each_layers_own(projections):
+    outputs = linear_products(torch.randn(2, 48), *projections)
+    sum(output.sum() for output in outputs).backward()
+    assert all(layer.weight.grad is not None for layer in projections) and projections[0]._stacked is None
+
+
+def test_products_of_plain_linear_layers_are_their_own_calls():
+    layers = [torch.nn.Linear(48, 48) for _ in range(3)]
+    inputs = torch.randn(2, 48)
+    with torch.no_grad():
+        for output, layer in zip(linear_products(inputs, *layers), layers):
+            assert torch.equal(output, layer(inputs))
 
 
 def test_the_state_dict_is_nn_linears(linear):
