@@ -35,7 +35,7 @@ TEXT = {**TOWER, "vocab_size": VOCAB_SIZE, "max_position_embeddings": 64}
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 
 
-def vtfusion_config() -> VTFusionConfig:
+def vtfusion_config(**overrides) -> VTFusionConfig:
     return VTFusionConfig(
         vision_config={"model_type": "vit", **VISION, **NO_DROPOUT},
         text_config={"model_type": "bert", **TEXT, **NO_DROPOUT},
@@ -46,6 +46,7 @@ def vtfusion_config() -> VTFusionConfig:
         pad_token_id=PAD_ID,
         bos_token_id=CLS_ID,
         eos_token_id=SEP_ID,
+        **overrides,
     )
 
 
@@ -54,8 +55,14 @@ def clip_config() -> CLIPConfig:
     return CLIPConfig(vision_config=dict(VISION), text_config=text, projection_dim=256)
 
 
-def blip_config() -> BlipConfig:
-    return BlipConfig(vision_config=dict(VISION), text_config=dict(TEXT), image_text_hidden_size=256)
+def blip_config(**text_overrides) -> BlipConfig:
+    return BlipConfig(vision_config=dict(VISION), text_config={**TEXT, **text_overrides}, image_text_hidden_size=256)
+
+
+# Generation's floor: the captioning models with a decoder 8x narrower (depth, heads, vocabulary and vision tower
+# unchanged), whose products cost next to nothing. A `generate()` call then costs what no decoder kernel can remove:
+# encoding the image, `generate()`'s own work on the logits, and the per-operator overhead of each decoding step.
+FLOOR_WIDTH = {"hidden_size": 24, "intermediate_size": 96}
 
 
 BUILDERS = {
@@ -66,6 +73,12 @@ BUILDERS = {
     "clip": lambda: CLIPModel(clip_config()),
     "blip_retrieval": lambda: BlipForImageTextRetrieval(blip_config()),
     "blip_captioning": lambda: BlipForConditionalGeneration(blip_config()),
+    "vtfusion_captioning_floor": lambda: VTFusionForConditionalGeneration(
+        vtfusion_config(
+            decoder_hidden_size=FLOOR_WIDTH["hidden_size"], decoder_intermediate_size=FLOOR_WIDTH["intermediate_size"]
+        )
+    ),
+    "blip_captioning_floor": lambda: BlipForConditionalGeneration(blip_config(**FLOOR_WIDTH)),
 }
 
 

@@ -230,11 +230,17 @@ def training_rows(rounds: int) -> tuple[list[dict], dict]:
 
 def generation_rows(rounds: int) -> list[dict]:
     pixel_values = random_batch(GENERATE_IMAGES)["pixel_values"]
-    vt, blip = build("vtfusion_captioning").eval(), build("blip_captioning").eval()
+    models = {
+        "vtfusion": build("vtfusion_captioning").eval(),
+        "peer": build("blip_captioning").eval(),
+        "vtfusion_floor": build("vtfusion_captioning_floor").eval(),
+        "peer_floor": build("blip_captioning_floor").eval(),
+    }
+    vt, blip = models["vtfusion"], models["peer"]
     cases = {}
     for beams in (1, 3):
-        cases["vtfusion", beams] = caption_generator(vt, pixel_values, GENERATE_TOKENS, beams)
-        cases["peer", beams] = caption_generator(blip, pixel_values, GENERATE_TOKENS, beams)
+        for side, model in models.items():
+            cases[side, beams] = caption_generator(model, pixel_values, GENERATE_TOKENS, beams)
     cases["peer_uncached", 1] = caption_generator(blip, pixel_values, GENERATE_TOKENS, 1, use_cache=False)
     cases["vtfusion_encode", 0] = torch.inference_mode()(lambda: vt.encode(pixel_values))
     cases["peer_encode", 0] = torch.inference_mode()(lambda: blip.vision_model(pixel_values=pixel_values))
@@ -276,6 +282,28 @@ def generation_rows(rounds: int) -> list[dict]:
             note="greedy call minus image encoding, per generated token (batch 8)",
         )
     )
+    for beams, search in ((1, "greedy"), (3, "beam3")):
+        floor = {side: times[f"{side}_floor", beams] * 1000 for side in ("vtfusion", "peer")}
+        rows.append(
+            row(
+                f"generate_{search}_floor_ms",
+                floor["vtfusion"],
+                floor["peer"],
+                "ms per call",
+                higher_is_better=False,
+                note="the same call with both decoders 24 wide (`models.FLOOR_WIDTH`): what no decoder kernel removes",
+            )
+        )
+        rows.append(
+            row(
+                f"generate_{search}_above_floor_ms",
+                times["vtfusion", beams] * 1000 - floor["vtfusion"],
+                times["peer", beams] * 1000 - floor["peer"],
+                "ms per call",
+                higher_is_better=False,
+                note="the call minus its floor: what the decoder's width costs",
+            )
+        )
     return rows
 
 
