@@ -7,6 +7,8 @@ those 33 products took 2.1-2.9 ms packed against 4.6-14 ms with `F.linear` for 1
 head packed. (Timed alone, one 192 x 192 layer looks faster unpacked, 13-16 us against 29-39 us: its weight then
 stays in cache.) The copy is made at the first call and reused until the weight changes (another tensor, or an
 in-place update such as an optimizer step or `load_state_dict`; a write through `weight.data` is not seen).
+A oneDNN product costs ~20 us however small, so `linear_products` multiplies one input by several such layers at
+once (self-attention's query, key and value projections), their weights stacked and packed together.
 
 Only fp32 inference on CPU takes the packed path: with autograd on, on other devices or dtypes, under
 `torch.compile`, export or tracing, for a weight created under `torch.inference_mode()`, and with a torch that lacks
