@@ -21,8 +21,6 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
-from .packed_linear import linear_products
-
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, is_causal=False, **_):
     """Reference attention that also returns the weights; used when attention maps are requested."""
@@ -39,6 +37,17 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
     attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
     return attn_output, attn_weights
+
+
+def linear_products(input: torch.Tensor, *layers: nn.Module) -> tuple[torch.Tensor, ...]:
+    """`tuple(layer(input) for layer in layers)`, in one product where the first layer can stack the others with
+    itself (`PackedLinear.stacked_products`, the decoder's). Asked of the layer rather than imported: this module is
+    imported by the configuration, and transformers 4.x copies only the direct relative imports of a local folder's
+    module, so an import here would fail before `compat` could name the version to install."""
+    stacked_products = getattr(layers[0], "stacked_products", None)
+    if stacked_products is None:
+        return tuple(layer(input) for layer in layers)
+    return stacked_products(input, *layers[1:])
 
 
 def without_padding(mask: torch.Tensor | None) -> bool:

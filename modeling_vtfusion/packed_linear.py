@@ -7,7 +7,7 @@ those 33 products took 2.1-2.9 ms packed against 4.6-14 ms with `F.linear` for 1
 head packed. (Timed alone, one 192 x 192 layer looks faster unpacked, 13-16 us against 29-39 us: its weight then
 stays in cache.) The copy is made at the first call and reused until the weight changes (another tensor, or an
 in-place update such as an optimizer step or `load_state_dict`; a write through `weight.data` is not seen).
-A oneDNN product costs ~20 us however small, so `linear_products` multiplies one input by several such layers at
+A oneDNN product costs ~20 us however small, so `stacked_products` multiplies one input by several such layers at
 once (self-attention's query, key and value projections), their weights stacked and packed together.
 
 Only fp32 inference on CPU takes the packed path: with autograd on, on other devices or dtypes, under
@@ -29,7 +29,7 @@ class PackedLinear(nn.Linear):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._packed = None  # (weight key, oneDNN weight)
-        self._stacked = None  # (keys, oneDNN weight, bias) of the layers this one leads in `linear_products`
+        self._stacked = None  # (keys, oneDNN weight, bias) of the layers this one leads in `stacked_products`
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self._takes_packed_path(input):
@@ -38,6 +38,25 @@ class PackedLinear(nn.Linear):
         if self._packed is None or self._packed[0] != key:
             self._packed = (key, pack(self.weight))
         return packed_product(input, self._packed[1], self.bias)
+
+    def stacked_products(self, input: torch.Tensor, *others: nn.Linear) -> tuple[torch.Tensor, ...]:
+        """`(self(input), *(layer(input) for layer in others))`, in one oneDNN product when every layer is a
+        `PackedLinear` on its packed path: their weights stacked and packed together, the copy kept by this layer
+        (self-attention's query, key and value projections: one call instead of three, each output equal to its own
+        layer's)."""
+        layers = (self, *others)
+        stackable = all(isinstance(layer, PackedLinear) and layer._takes_packed_path(input) for layer in layers)
+        if not stackable or len({layer.bias is None for layer in layers}) > 1:
+            return tuple(layer(input) for layer in layers)
+        keys = tuple(
+            tensor_key(tensor) for layer in layers for tensor in (layer.weight, layer.bias) if tensor is not None
+        )
+        if self._stacked is None or self._stacked[0] != keys:
+            weight = torch.cat([layer.weight for layer in layers])
+            bias = None if self.bias is None else torch.cat([layer.bias for layer in layers])
+            self._stacked = (keys, pack(weight), bias)
+        output = packed_product(input, self._stacked[1], self._stacked[2])
+        return output.split([layer.out_features for layer in layers], dim=-1)
 
     def _takes_packed_path(self, input: torch.Tensor) -> bool:
         return (
@@ -53,23 +72,6 @@ class PackedLinear(nn.Linear):
     def __getstate__(self):
         """Copies and pickles leave the packed weights behind (oneDNN tensors have no storage to copy)."""
         return {**self.__dict__, "_packed": None, "_stacked": None}
-
-
-def linear_products(input: torch.Tensor, *layers: nn.Linear) -> tuple[torch.Tensor, ...]:
-    """`tuple(layer(input) for layer in layers)`, in one oneDNN product when every layer is a `PackedLinear` on its
-    packed path: their weights stacked and packed together (self-attention's query, key and value projections: one
-    call instead of three, each output equal to its own layer's). The stacked copy is kept by the first layer."""
-    first = layers[0]
-    stackable = all(isinstance(layer, PackedLinear) and layer._takes_packed_path(input) for layer in layers)
-    if not stackable or len({layer.bias is None for layer in layers}) > 1:
-        return tuple(layer(input) for layer in layers)
-    keys = tuple(tensor_key(tensor) for layer in layers for tensor in (layer.weight, layer.bias) if tensor is not None)
-    if first._stacked is None or first._stacked[0] != keys:
-        weight = torch.cat([layer.weight for layer in layers])
-        bias = None if first.bias is None else torch.cat([layer.bias for layer in layers])
-        first._stacked = (keys, pack(weight), bias)
-    output = packed_product(input, first._stacked[1], first._stacked[2])
-    return output.split([layer.out_features for layer in layers], dim=-1)
 
 
 def tensor_key(tensor: torch.Tensor) -> tuple[int, int, int]:

@@ -17,7 +17,6 @@ from modeling_vtfusion import (
 )
 from modeling_vtfusion import modeling_vtfusion as modeling
 from modeling_vtfusion.modeling_vtfusion import caption_labels, sample_hard_negatives
-from modeling_vtfusion.packed_linear import linear_products
 
 
 HEADS = [
@@ -414,10 +413,11 @@ def test_memory_keys_and_values_are_computed_once_per_generate(search, monkeypat
     model = build(VTFusionForConditionalGeneration).eval()
     layer = model.text_decoder.layers[0]
     projected = []  # (the projections computed together, how many positions of each row they read)
+    original = fusion.linear_products
 
     def recorded(states, *projections):
         projected.append((projections, states.shape[1]))
-        return linear_products(states, *projections)
+        return original(states, *projections)
 
     monkeypatch.setattr(fusion, "linear_products", recorded)
     model.generate(**generation_inputs("captioning"), max_new_tokens=5, min_new_tokens=5, **search)

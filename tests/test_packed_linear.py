@@ -10,7 +10,8 @@ from tiny_models import random_batch, tiny_config
 
 from modeling_vtfusion import VTFusionForConditionalGeneration
 from modeling_vtfusion.cpu_inference import quantize_int8
-from modeling_vtfusion.packed_linear import PackedLinear, linear_products, to_plain_linear
+from modeling_vtfusion.fusion import linear_products
+from modeling_vtfusion.packed_linear import PackedLinear, to_plain_linear
 
 
 @pytest.fixture
