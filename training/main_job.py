@@ -32,7 +32,7 @@
    matmul speed measured at the start, as `make bench` measures it), so wall times compare across machines.
 
 Both stages run `training.train.main`, the entry point users call; the pre-trained model stays in
-`<output_dir>-pretrain`. The defaults cost 43.5 TFLOP (pre-training 16.2, multitask 27.2); wall times, with the
+`<output_dir>-pretrain`. The defaults cost 21.5 TFLOP (pre-training 7.5, multitask 14.0); wall times, with the
 GFLOP/s they ran at, are in the README.
 """
 
