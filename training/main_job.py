@@ -102,7 +102,10 @@ def common_args(args: argparse.Namespace) -> list[str]:
         "per_device_train_batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
         "warmup_steps": 20,
-        "lr_scheduler_type": "cosine",
+        # a cosine down to a tenth of the peak, not to zero: a seed whose VQA leaves its plateau late still learns in
+        # the last steps (seed 2: VQA 0.909 against 0.856 with a cosine to zero, at the same compute)
+        "lr_scheduler_type": "cosine_with_min_lr",
+        "lr_scheduler_kwargs": json.dumps({"min_lr_rate": 0.1}),
         "weight_decay": 0.05,
         "logging_steps": 25,
         "save_strategy": "no",
