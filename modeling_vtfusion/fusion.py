@@ -129,12 +129,12 @@ class VTFusionAttention(nn.Module):
         reads_cache = is_cross and cache is not None and past_key_values.is_updated.get(self.layer_idx)
         if not is_cross:
             query, key, value = linear_products(hidden_states, self.q_proj, self.k_proj, self.v_proj)
-        elif reads_cache:
-            query = self.q_proj(hidden_states)
-            key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
         else:
             query = self.q_proj(hidden_states)
-            key, value = linear_products(key_value_states, self.k_proj, self.v_proj)
+            if reads_cache:
+                key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
+            else:
+                key, value = linear_products(key_value_states, self.k_proj, self.v_proj)
         query = self._split_heads(query)
         if not reads_cache:
             key, value = self._split_heads(key), self._split_heads(value)
