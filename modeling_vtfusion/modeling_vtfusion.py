@@ -45,6 +45,7 @@ from .fusion import (
     build_fusion,
     masked_mean,
 )
+from .logits_process import with_eos_blocked_cheaply
 from .packed_linear import PackedLinear
 from .pipelines import CUSTOM_PIPELINES
 
@@ -1027,6 +1028,12 @@ class VTFusionForConditionalGeneration(VTFusionPreTrainedModel, GenerationMixin)
             flags = [bool(kwargs.get(name)) for name in ("output_attentions", "output_hidden_states")]
             kwargs["encoder_outputs"] = self.encode(pixel_values, input_ids, attention_mask, token_type_ids, *flags)
         return super().generate(pixel_values, **kwargs)
+
+    def _get_logits_processor(self, *args, **kwargs):
+        """The library's logits processors, its minimum-length ones replaced in place by ones that give the same scores
+        for a few columns' work (`logits_process.py`). A private hook of `GenerationMixin` (4.x and 5.x); were it
+        renamed, generation would run the library's own processors, with the same outputs."""
+        return with_eos_blocked_cheaply(super()._get_logits_processor(*args, **kwargs), self.config.vocab_size)
 
     def get_encoder(self, modality: str | None = None) -> "VTFusionMemoryEncoder":
         """What `generate()` utilities call to encode the decoder's memory (assisted decoding's assistant does)."""
