@@ -22,7 +22,13 @@ from modeling_vtfusion import (
 
 
 REPO = Path(__file__).resolve().parents[1]
-CODE_FILES = {"configuration_vtfusion.py", "modeling_vtfusion.py", "fusion.py", "packed_linear.py"}
+CODE_FILES = {
+    "configuration_vtfusion.py",
+    "modeling_vtfusion.py",
+    "fusion.py",
+    "logits_process.py",
+    "packed_linear.py",
+}
 
 # Runs in a fresh interpreter: the package and the repo are unreachable, so only the checkpoint's own code can load.
 LOAD_REMOTE = textwrap.dedent(
