@@ -20,6 +20,8 @@ class EosBlockedBelowLength(LogitsProcessor):
     """Scores of `eos_token_id` set to -inf while the sequences are shorter than `min_length` tokens (whatever
     `input_ids` holds: decoder start or prompt included); the scores are returned untouched from then on."""
 
+    supports_continuous_batching = False  # as the library's: one length for the whole batch
+
     def __init__(self, min_length: int, eos_token_id: torch.Tensor):
         self.min_length, self.eos_token_id = min_length, eos_token_id.reshape(-1)
 

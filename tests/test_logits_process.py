@@ -55,6 +55,11 @@ def test_other_processors_keep_their_places():
     assert isinstance(cheap[1], EosBlockedBelowLength)
 
 
+def test_continuous_batching_drops_it_as_it_drops_the_library_processors():
+    library, cheap = library_and_cheap(MinLengthLogitsProcessor(5, EOS))
+    assert cheap.supports_continuous_batching is library.supports_continuous_batching is False
+
+
 @pytest.mark.parametrize("eos", [[-1], [VOCAB]], ids=["negative", "past_the_vocabulary"])
 def test_an_eos_id_outside_the_vocabulary_keeps_the_library_processor(eos):
     library, kept = library_and_cheap(MinLengthLogitsProcessor(5, torch.tensor(eos)))
