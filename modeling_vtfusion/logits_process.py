@@ -40,7 +40,7 @@ def eos_blocked(processor: LogitsProcessor, vocab_size: int) -> EosBlockedBelowL
         min_length = processor.prompt_length_to_skip + processor.min_new_tokens
     else:
         return None
-    eos = torch.as_tensor(processor.eos_token_id).reshape(-1)
+    eos = torch.as_tensor(processor.eos_token_id)
     if eos.numel() == 0 or eos.min() < 0 or eos.max() >= vocab_size:
         return None
     return EosBlockedBelowLength(min_length, eos)
